@@ -1,0 +1,80 @@
+-- Core schema for the embedded SQLite backend. Times are Unix milliseconds (INTEGER),
+-- ids are hyphenated lowercase UUIDs (TEXT; v7, so their text order is their time order).
+
+CREATE TABLE api_keys (
+    prefix       TEXT PRIMARY KEY,
+    secret_hash  BLOB NOT NULL,
+    org_id       TEXT,              -- NULL for a platform key
+    is_platform  INTEGER NOT NULL,
+    name         TEXT,
+    created_at   INTEGER NOT NULL,
+    revoked_at   INTEGER
+);
+
+CREATE TABLE webhooks (
+    id               TEXT PRIMARY KEY,
+    org_id           TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    description      TEXT,
+    url              TEXT NOT NULL,
+    events           TEXT NOT NULL,  -- JSON array of subscriptions
+    format           TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    disabled_reason  TEXT,
+    disabled_at      INTEGER,
+    headers          TEXT NOT NULL,  -- JSON object
+    secret           TEXT NOT NULL,
+    failing_since    INTEGER,        -- first failed attempt since the last success
+    failed_attempts  INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL
+);
+CREATE INDEX webhooks_by_org ON webhooks (org_id, id);
+
+CREATE TABLE events (
+    id               TEXT PRIMARY KEY,
+    org_id           TEXT NOT NULL,
+    type             TEXT NOT NULL,
+    data             TEXT NOT NULL,  -- the published `data` object, verbatim
+    idempotency_key  TEXT,
+    deliveries       INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX events_idempotency ON events (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE deliveries (
+    id                  TEXT PRIMARY KEY,
+    webhook_id          TEXT NOT NULL,
+    org_id              TEXT NOT NULL,
+    event_id            TEXT NOT NULL REFERENCES events (id),
+    event_type          TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    last_status_code    INTEGER,
+    last_error          TEXT,
+    last_response_body  TEXT,
+    last_duration_ms    INTEGER,
+    next_attempt_at     INTEGER,
+    lease_until         INTEGER,
+    lease_token         TEXT,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    delivered_at        INTEGER
+);
+-- The queue: only open deliveries are indexed, by due time.
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status IN ('pending', 'retrying');
+CREATE INDEX deliveries_leased ON deliveries (webhook_id, lease_until) WHERE lease_until IS NOT NULL;
+-- The history endpoint: newest first per webhook.
+CREATE INDEX deliveries_history ON deliveries (webhook_id, id);
+
+CREATE TABLE attempts (
+    id             TEXT PRIMARY KEY,
+    delivery_id    TEXT NOT NULL,
+    attempted_at   INTEGER NOT NULL,
+    duration_ms    INTEGER NOT NULL,
+    status_code    INTEGER,
+    outcome        TEXT NOT NULL,
+    error          TEXT,
+    response_body  TEXT
+);
+CREATE INDEX attempts_by_delivery ON attempts (delivery_id, attempted_at);

@@ -1,0 +1,141 @@
+//! `POST /organizations/{orgId}/events`: the platform publishes an event; it is stored with
+//! one delivery per matching webhook before the answer (SPEC §3).
+
+use std::collections::BTreeMap;
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    Json,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{
+    error::{ApiError, FieldError},
+    extract::{json_error, read_body, OrgAccess},
+    AppState, Envelope,
+};
+use crate::domain::{api_key::Scope, time::Timestamp};
+use crate::store::NewEvent;
+
+pub(crate) const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishedView {
+    id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    created_at: Timestamp,
+    deliveries: u32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX {
+        return Err(format!("must be 1 to {IDEMPOTENCY_KEY_MAX} characters"));
+    }
+    if !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err("must be visible ASCII characters without spaces".into());
+    }
+    Ok(())
+}
+
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    access: OrgAccess,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    if access.caller.scope != Scope::Platform {
+        return Err(ApiError::Forbidden("only a platform key may publish events".into()));
+    }
+    let bytes = read_body(&headers, body, state.max_body).await?;
+    // Keeps `data` as the exact JSON text published, so receivers get it verbatim.
+    let fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
+    let mut errors = Vec::new();
+    let mut event_type = None;
+    let mut data = None;
+    let mut body_key = None;
+    for (name, raw) in &fields {
+        match name.as_str() {
+            "type" => match serde_json::from_str::<String>(raw.get()) {
+                Ok(t) => match state.catalogue.check_publishable(&t) {
+                    Ok(()) => event_type = Some(t),
+                    Err(m) => errors.push(FieldError::new("type", m)),
+                },
+                Err(_) => errors.push(FieldError::new("type", "must be a string")),
+            },
+            "data" => {
+                if raw.get().starts_with('{') {
+                    data = Some(raw.get().to_string());
+                } else {
+                    errors.push(FieldError::new("data", "must be a JSON object"));
+                }
+            }
+            "idempotencyKey" => match serde_json::from_str::<Option<String>>(raw.get()) {
+                Ok(Some(k)) => match check_idempotency_key(&k) {
+                    Ok(()) => body_key = Some(k),
+                    Err(m) => errors.push(FieldError::new("idempotencyKey", m)),
+                },
+                Ok(None) => {}
+                Err(_) => errors.push(FieldError::new("idempotencyKey", "must be a string")),
+            },
+            other => errors.push(FieldError::new(other, "unknown field")),
+        }
+    }
+    for (field, present) in [("type", event_type.is_some()), ("data", data.is_some())] {
+        if !present && !errors.iter().any(|e| e.field == field) {
+            errors.push(FieldError::new(field, "is required"));
+        }
+    }
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().map_err(|_| "must be visible ASCII characters".to_string()).and_then(|k| {
+            check_idempotency_key(k)?;
+            Ok(k.to_string())
+        }) {
+            Ok(k) => Some(k),
+            Err(m) => {
+                errors.push(FieldError::new("Idempotency-Key", m));
+                None
+            }
+        },
+    };
+    if let (Some(h), Some(b)) = (&header_key, &body_key) {
+        if h != b {
+            errors.push(FieldError::new("idempotencyKey", "differs from the Idempotency-Key header"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let (Some(event_type), Some(data)) = (event_type, data) else {
+        return Err(ApiError::field("body", "type and data are required"));
+    };
+    let event = NewEvent {
+        id: Uuid::now_v7(),
+        org_id: access.org,
+        event_type,
+        data,
+        idempotency_key: body_key.or(header_key),
+        created_at: Timestamp::now(),
+    };
+    let published = state.store.publish_event(&event, state.idempotency_window).await?;
+    metrics::counter!("mosend_webhooks_events_published_total").increment(u64::from(!published.duplicate));
+    metrics::counter!("mosend_webhooks_deliveries_scheduled_total").increment(if published.duplicate { 0 } else { u64::from(published.deliveries) });
+    let status = if published.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let view = PublishedView {
+        id: published.id,
+        event_type: published.event_type,
+        created_at: published.created_at,
+        deliveries: published.deliveries,
+        duplicate: published.duplicate,
+    };
+    Ok((status, Json(Envelope::new(view))))
+}

@@ -1,0 +1,74 @@
+//! The management and publishing HTTP API (axum): routes, shared state, and the success
+//! envelope `{"data", "timestamp"}`. Errors are mapped in one place, `error.rs`; request
+//! extraction in the order SPEC §2 fixes lives in `extract.rs`; one file per resource.
+//!
+//! It depends on `domain` and `store`, never on `delivery`.
+
+pub mod error;
+mod deliveries;
+mod events;
+mod extract;
+mod openapi;
+mod system;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{
+    middleware,
+    routing::{get, post},
+    Router,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+use crate::domain::{address::AllowList, event_type::Catalogue, time::Timestamp};
+use crate::store::Store;
+
+/// API request bodies are at most this large (SPEC §2).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub catalogue: Arc<Catalogue>,
+    pub allow: AllowList,
+    pub metrics: Option<PrometheusHandle>,
+    pub max_body: usize,
+    pub idempotency_window: Duration,
+}
+
+/// The success envelope.
+#[derive(Serialize)]
+pub struct Envelope<T> {
+    data: T,
+    timestamp: Timestamp,
+}
+
+impl<T> Envelope<T> {
+    pub fn new(data: T) -> Self {
+        Self { data, timestamp: Timestamp::now() }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let base = "/organizations/{orgId}/webhooks-outbound";
+    Router::new()
+        .route(base, get(webhooks::list).post(webhooks::create))
+        .route(&format!("{base}/{{id}}"), get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route(&format!("{base}/{{id}}/secret"), get(webhooks::secret))
+        .route(&format!("{base}/{{id}}/deliveries"), get(deliveries::list))
+        .route(&format!("{base}/{{id}}/deliveries/{{deliveryId}}/attempts"), get(deliveries::attempts))
+        .route("/organizations/{orgId}/events", post(events::publish))
+        .route("/health", get(system::health))
+        .route("/ready", get(system::ready))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .fallback(system::not_found)
+        .with_state(state)
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn(error::render_errors))
+        .layer(TraceLayer::new_for_http())
+}

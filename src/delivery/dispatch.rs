@@ -1,0 +1,151 @@
+//! One attempt: render the body for the webhook's format, sign exactly those bytes, POST
+//! them through the guarded client under a whole-attempt timeout, read at most 4 KiB of
+//! the answer, and classify what happened into an [`Outcome`].
+
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::value::RawValue;
+use url::Url;
+
+use crate::domain::{address::AllowList, delivery::Outcome, payload, retry::parse_retry_after, time::Timestamp};
+use crate::net::{self, ErrorKind};
+use crate::signing;
+use crate::store::ClaimedDelivery;
+
+/// At most this many bytes of a response body are read and stored.
+pub const RESPONSE_BODY_CAP: usize = 4096;
+
+/// What one attempt came to.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub attempted_at: Timestamp,
+    pub duration_ms: i64,
+    pub outcome: Outcome,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+/// Sends deliveries. Cheap to clone: the client's connection pools are shared.
+#[derive(Clone)]
+pub struct Dispatcher {
+    client: reqwest::Client,
+    allow: AllowList,
+    timeout: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(allow: AllowList, timeout: Duration) -> reqwest::Result<Self> {
+        let user_agent = format!("Mosend-Webhooks/{}", env!("CARGO_PKG_VERSION"));
+        Ok(Self { client: net::build_client(&allow, timeout, &user_agent)?, allow, timeout })
+    }
+
+    /// Makes one attempt; never fails: every problem is an outcome.
+    pub async fn attempt(&self, d: &ClaimedDelivery) -> AttemptResult {
+        let attempted_at = Timestamp::now();
+        let started = Instant::now();
+        let exchange = tokio::time::timeout(self.timeout, self.exchange(d, attempted_at)).await;
+        let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let mut result = AttemptResult {
+            attempted_at,
+            duration_ms,
+            outcome: Outcome::Timeout,
+            status_code: None,
+            error: None,
+            response_body: None,
+            retry_after: None,
+        };
+        match exchange {
+            Err(_) => {
+                result.error = Some(format!("timeout: no complete answer within {}", humantime::format_duration(self.timeout)));
+            }
+            Ok(Err((outcome, error))) => {
+                result.outcome = outcome;
+                result.error = Some(error);
+            }
+            Ok(Ok(answer)) => {
+                let code = answer.status;
+                result.status_code = Some(code);
+                result.response_body = Some(String::from_utf8_lossy(&answer.body).into_owned());
+                result.outcome = match code {
+                    200..=299 => Outcome::Success,
+                    410 => Outcome::Gone,
+                    _ => Outcome::HttpStatus,
+                };
+                result.error = match code {
+                    200..=299 => None,
+                    300..=399 => Some(format!("HTTP {code}: redirects are not followed")),
+                    410 => Some("HTTP 410 Gone: the receiver asked for no more deliveries".into()),
+                    _ => Some(format!("HTTP {code}")),
+                };
+                if code == 429 || code == 503 {
+                    result.retry_after = answer.retry_after;
+                }
+            }
+        }
+        result
+    }
+
+    async fn exchange(&self, d: &ClaimedDelivery, attempted_at: Timestamp) -> Result<Answer, (Outcome, String)> {
+        let url = Url::parse(&d.url).map_err(|e| (Outcome::Protocol, format!("invalid URL: {e}")))?;
+        net::check_target(&url, &self.allow).map_err(|b| (Outcome::Blocked, b.to_string()))?;
+        let data: &RawValue =
+            serde_json::from_str(&d.event_data).map_err(|e| (Outcome::Protocol, format!("stored event data is not JSON: {e}")))?;
+        let event_id = d.event_id.to_string();
+        let body = payload::render(d.format, &event_id, &d.event_type, d.event_created_at, data);
+        let headers = self.headers(d, &event_id, attempted_at, &body);
+        let response = self.client.post(url).headers(headers).body(body).send().await.map_err(classify)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = net::read_capped(response, RESPONSE_BODY_CAP).await.map_err(classify)?;
+        Ok(Answer { status, retry_after, body })
+    }
+
+    fn headers(&self, d: &ClaimedDelivery, event_id: &str, attempted_at: Timestamp, body: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        // Custom headers first, so ours win; their names and values were validated on write.
+        for (name, value) in &d.headers {
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+                h.insert(n, v);
+            }
+        }
+        let timestamp = attempted_at.unix_seconds();
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::try_from(value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("x-mosend-event", d.event_type.clone());
+        put("x-mosend-delivery", d.id.to_string());
+        put("x-mosend-signature", signing::mosend_signature(&d.secret, body));
+        put("webhook-id", event_id.to_string());
+        put("webhook-timestamp", timestamp.to_string());
+        put("webhook-signature", signing::standard_signature_header(&[&d.secret], event_id, timestamp, body));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h
+    }
+}
+
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+fn classify(e: reqwest::Error) -> (Outcome, String) {
+    let (kind, message) = net::describe_error(&e.without_url());
+    let outcome = match kind {
+        ErrorKind::Blocked => Outcome::Blocked,
+        ErrorKind::Dns => Outcome::Dns,
+        ErrorKind::Timeout => Outcome::Timeout,
+        ErrorKind::Connect => Outcome::Connect,
+        ErrorKind::Protocol => Outcome::Protocol,
+    };
+    (outcome, message)
+}

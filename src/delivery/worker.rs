@@ -1,0 +1,172 @@
+//! The claim loop. Each round leases up to `batch` due deliveries (never more than the free
+//! global slots, and never more than `per_webhook` in flight for one webhook, counted in
+//! the database so it holds across processes), spawns one task per delivery, and sleeps
+//! until new work is signalled, a slot frees up, or the poll interval passes.
+//!
+//! No transaction is open while a request is in flight: claim, send, then record. A
+//! worker that dies mid-attempt leaves its leases to expire; the deliveries are then
+//! claimed again (at least once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use super::dispatch::{AttemptResult, Dispatcher};
+use crate::domain::{delivery::Outcome, retry::RetrySchedule, time::Timestamp};
+use crate::store::{AttemptRecord, ClaimRequest, ClaimedDelivery, DisablePolicy, NextStep, Store};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Deliveries leased per claim.
+    pub batch: u32,
+    /// Attempts in flight at once, in all.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once for one webhook.
+    pub per_webhook: u32,
+    /// How often to look for due deliveries when nothing signals new work.
+    pub poll_interval: Duration,
+    /// How long a claim holds a delivery: the attempt timeout plus a margin.
+    pub lease: Duration,
+    pub schedule: RetrySchedule,
+    pub disable: DisablePolicy,
+    /// How long to wait for in-flight attempts on shutdown before giving their leases back.
+    pub drain_timeout: Duration,
+}
+
+pub struct Worker {
+    store: Arc<dyn Store>,
+    dispatcher: Dispatcher,
+    config: WorkerConfig,
+    token: Uuid,
+}
+
+impl Worker {
+    pub fn new(store: Arc<dyn Store>, dispatcher: Dispatcher, config: WorkerConfig) -> Self {
+        Self { store, dispatcher, config, token: Uuid::now_v7() }
+    }
+
+    /// Runs until `shutdown` is cancelled, then lets in-flight attempts finish (up to the
+    /// drain timeout) and gives back any lease still held.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.config.max_in_flight));
+        let freed = Arc::new(Notify::new());
+        let signal = this.store.work_signal();
+        let tracker = TaskTracker::new();
+        info!(token = %this.token, "delivery worker started");
+        while !shutdown.is_cancelled() {
+            let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX).min(this.config.batch);
+            let mut full_batch = false;
+            if free > 0 {
+                let now = Timestamp::now();
+                let request = ClaimRequest {
+                    now,
+                    batch: free,
+                    per_webhook: this.config.per_webhook,
+                    lease_until: now.plus(this.config.lease),
+                    token: this.token,
+                };
+                match this.store.claim_due(&request).await {
+                    Ok(claimed) => {
+                        full_batch = claimed.len() == free as usize;
+                        if !claimed.is_empty() {
+                            debug!(count = claimed.len(), "claimed deliveries");
+                        }
+                        for delivery in claimed {
+                            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                                // Only this loop takes slots and it asked for no more than were
+                                // free; should that ever change, the lease expires and the
+                                // delivery is claimed again.
+                                break;
+                            };
+                            let this = this.clone();
+                            let freed = freed.clone();
+                            tracker.spawn(async move {
+                                this.deliver(delivery).await;
+                                drop(slot);
+                                freed.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => error!(error = %e, "claiming deliveries failed"),
+                }
+            }
+            if full_batch {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = signal.notified() => {}
+                _ = freed.notified() => {}
+                _ = tokio::time::sleep(this.config.poll_interval) => {}
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(this.config.drain_timeout, tracker.wait()).await.is_err() {
+            warn!("in-flight attempts did not finish in time; giving their leases back");
+        }
+        match this.store.release_leases(this.token).await {
+            Ok(0) => {}
+            Ok(n) => info!(released = n, "released leases"),
+            Err(e) => error!(error = %e, "releasing leases failed; they expire by themselves"),
+        }
+        info!("delivery worker stopped");
+    }
+
+    #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, webhook_id = %delivery.webhook_id, event_id = %delivery.event_id))]
+    async fn deliver(&self, delivery: ClaimedDelivery) {
+        let result = self.dispatcher.attempt(&delivery).await;
+        let next = self.next_step(&delivery, &result);
+        metrics::counter!("mosend_webhooks_attempts_total", "outcome" => result.outcome.code()).increment(1);
+        metrics::histogram!("mosend_webhooks_attempt_duration_seconds").record(result.duration_ms as f64 / 1000.0);
+        debug!(outcome = result.outcome.code(), status = ?result.status_code, duration_ms = result.duration_ms, "attempt done");
+        let record = AttemptRecord {
+            delivery_id: delivery.id,
+            webhook_id: delivery.webhook_id,
+            token: self.token,
+            attempted_at: result.attempted_at,
+            duration_ms: result.duration_ms,
+            outcome: result.outcome,
+            status_code: result.status_code,
+            error: result.error,
+            response_body: result.response_body,
+            next,
+        };
+        // A failed write is retried a few times; if it still fails the lease expires and
+        // the delivery is attempted again (at least once).
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..5 {
+            match self.store.record_attempt(&record, &self.config.disable).await {
+                Ok(Some(reason)) => {
+                    warn!(reason = %reason, "webhook disabled");
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    error!(error = %e, "recording the attempt failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+    }
+
+    fn next_step(&self, delivery: &ClaimedDelivery, result: &AttemptResult) -> NextStep {
+        match result.outcome {
+            Outcome::Success => NextStep::Succeeded,
+            Outcome::Gone => NextStep::Failed,
+            _ => {
+                let made = delivery.attempts.saturating_add(1);
+                match self.config.schedule.next_delay(made, result.retry_after, &mut rand::thread_rng()) {
+                    Some(delay) => NextStep::RetryAt(Timestamp::now().plus(delay)),
+                    None => NextStep::Failed,
+                }
+            }
+        }
+    }
+}

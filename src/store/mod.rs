@@ -1,0 +1,251 @@
+//! Storage: the only place with SQL. One trait, [`Store`], and one implementation per
+//! backend (`sqlite` now; PostgreSQL builds on the same trait). The database is also the
+//! delivery queue: deliveries are claimed in batches under a lease, sent with no
+//! transaction open, and their results recorded in a second short transaction.
+
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::domain::{
+    api_key::Scope,
+    delivery::{DeliveryStatus, Outcome},
+    time::Timestamp,
+    webhook::{Format, Headers, Status, WebhookSecret},
+};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL: {0}")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens the backend named by `url` (`sqlite://…`), creating and migrating it.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(url).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::UnsupportedUrl(format!(
+            "`{}`: only sqlite:// URLs are supported by this build",
+            url.split(['@', '?']).next().unwrap_or_default()
+        )))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub prefix: String,
+    pub secret_hash: Vec<u8>,
+    pub scope: Scope,
+    pub name: Option<String>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub url: String,
+    pub events: Vec<String>,
+    pub format: Format,
+    pub status: Status,
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<Timestamp>,
+    pub headers: Headers,
+    pub secret: WebhookSecret,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A change to a webhook, with the side effects its status change implies.
+#[derive(Debug)]
+pub struct WebhookUpdate {
+    pub webhook: Webhook,
+    /// The webhook became `disabled`: its pending and retrying deliveries are cancelled.
+    pub cancel_open_deliveries: bool,
+    /// The webhook left `disabled`: its failure streak starts over.
+    pub reset_failures: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub event_type: String,
+    /// The `data` object as published (valid JSON text).
+    pub data: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// The stored event a publish answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    pub created_at: Timestamp,
+    pub deliveries: u32,
+    /// The idempotency key had been used within the window: nothing new was scheduled.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub last_response_body: Option<String>,
+    pub last_duration_ms: Option<i64>,
+    pub next_attempt_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub delivered_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub id: Uuid,
+    pub delivery_id: Uuid,
+    pub attempted_at: Timestamp,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// A page request of a webhook's deliveries, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    pub status: Option<DeliveryStatus>,
+    pub event_type: Option<String>,
+    /// Only deliveries older than this one (the cursor).
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// What a worker asks of the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest {
+    pub now: Timestamp,
+    /// At most this many deliveries.
+    pub batch: u32,
+    /// At most this many leased deliveries per webhook, counting those already in flight.
+    pub per_webhook: u32,
+    pub lease_until: Timestamp,
+    /// The worker's token; only its holder may record the result.
+    pub token: Uuid,
+}
+
+/// A delivery handed to a worker, with everything needed to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub event_data: String,
+    pub event_created_at: Timestamp,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub url: String,
+    pub format: Format,
+    pub secret: WebhookSecret,
+    pub headers: Headers,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Succeeded,
+    RetryAt(Timestamp),
+    /// No more attempts: the schedule is exhausted, or the receiver answered 410.
+    Failed,
+}
+
+/// When a failing webhook is disabled by the service (SPEC §4).
+#[derive(Debug, Clone, Copy)]
+pub struct DisablePolicy {
+    pub after: Duration,
+    pub min_attempts: u32,
+}
+
+/// One attempt's result, recorded in one short transaction.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: Uuid,
+    pub webhook_id: Uuid,
+    pub token: Uuid,
+    pub attempted_at: Timestamp,
+    pub duration_ms: i64,
+    pub outcome: Outcome,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub next: NextStep,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies this backend's migrations.
+    async fn migrate(&self) -> Result<()>;
+    /// Is the database reachable?
+    async fn ping(&self) -> Result<()>;
+    /// Signalled whenever deliveries may have become due (a publish, a resume).
+    fn work_signal(&self) -> Arc<Notify>;
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Marks the key revoked; `false` when no unrevoked key has that prefix.
+    async fn revoke_api_key(&self, prefix: &str, at: Timestamp) -> Result<bool>;
+
+    async fn insert_webhook(&self, webhook: &Webhook) -> Result<()>;
+    async fn list_webhooks(&self, org_id: Uuid) -> Result<Vec<Webhook>>;
+    async fn get_webhook(&self, org_id: Uuid, id: Uuid) -> Result<Option<Webhook>>;
+    /// `false` when the webhook no longer exists.
+    async fn update_webhook(&self, update: &WebhookUpdate) -> Result<bool>;
+    /// Deletes the webhook and cancels its open deliveries; `false` when it did not exist.
+    async fn delete_webhook(&self, org_id: Uuid, id: Uuid, at: Timestamp) -> Result<bool>;
+
+    /// Stores the event and one `pending` delivery per matching active or paused webhook,
+    /// in one transaction, honouring the idempotency key within `idempotency_window`.
+    async fn publish_event(&self, event: &NewEvent, idempotency_window: Duration) -> Result<PublishedEvent>;
+
+    async fn list_deliveries(&self, webhook_id: Uuid, query: &DeliveryQuery) -> Result<Vec<Delivery>>;
+    async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>>;
+    async fn list_attempts(&self, delivery_id: Uuid) -> Result<Vec<Attempt>>;
+
+    /// Leases up to `batch` due deliveries of active webhooks.
+    async fn claim_due(&self, request: &ClaimRequest) -> Result<Vec<ClaimedDelivery>>;
+    /// Records an attempt and moves its delivery on; may disable the webhook (410, or the
+    /// failure policy). Returns the reason when it disabled the webhook.
+    async fn record_attempt(&self, record: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>>;
+    /// Gives back every lease held by `token` (on shutdown).
+    async fn release_leases(&self, token: Uuid) -> Result<u64>;
+}
