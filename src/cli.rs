@@ -8,7 +8,11 @@ use uuid::Uuid;
 use crate::config::{Role, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "mosend-webhooks", version, about = "Mosend outbound webhooks: fan-out, signed delivery, retries, history")]
+#[command(
+    name = "mosend-webhooks",
+    version,
+    about = "Mosend outbound webhooks: fan-out, signed delivery, retries, history"
+)]
 pub struct Cli {
     /// A TOML file of settings (flags and environment variables win over it).
     #[arg(long, env = "MOSEND_WEBHOOKS_CONFIG", global = true)]

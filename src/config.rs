@@ -124,9 +124,12 @@ impl Config {
         };
         let s = merge(given, from_file);
         let listen_text = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid("listen", format!("`{listen_text}` is not an address:port")))?;
-        let retry_schedule = RetrySchedule::parse(s.retry_schedule.as_deref().unwrap_or(crate::domain::retry::DEFAULT_SCHEDULE))
-            .map_err(|e| ConfigError::Invalid("retry schedule", e))?;
+        let listen = listen_text
+            .parse()
+            .map_err(|_| ConfigError::Invalid("listen", format!("`{listen_text}` is not an address:port")))?;
+        let retry_schedule =
+            RetrySchedule::parse(s.retry_schedule.as_deref().unwrap_or(crate::domain::retry::DEFAULT_SCHEDULE))
+                .map_err(|e| ConfigError::Invalid("retry schedule", e))?;
         let delivery_timeout = duration("delivery timeout", s.delivery_timeout, "10s")?;
         if delivery_timeout.is_zero() {
             return Err(ConfigError::Invalid("delivery timeout", "must be more than zero".into()));
@@ -134,7 +137,8 @@ impl Config {
         let allowed_private_cidrs = AllowList::parse(s.allowed_private_cidrs.as_deref().unwrap_or(""))
             .map_err(|e| ConfigError::Invalid("allowed private CIDRs", e))?;
         let catalogue = match s.event_types {
-            Some(list) => Catalogue::new(list.split(',').map(str::to_string)).map_err(|e| ConfigError::Invalid("event types", e))?,
+            Some(list) => Catalogue::new(list.split(',').map(str::to_string))
+                .map_err(|e| ConfigError::Invalid("event types", e))?,
             None => Catalogue::default(),
         };
         let lease_margin = duration("lease margin", s.lease_margin, "10s")?;
@@ -146,7 +150,13 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(ConfigError::Invalid("log format", format!("`{other}`: use pretty or json"))),
         };
-        let positive = |name: &'static str, v: u64| if v == 0 { Err(ConfigError::Invalid(name, "must be at least 1".into())) } else { Ok(()) };
+        let positive = |name: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid(name, "must be at least 1".into()))
+            } else {
+                Ok(())
+            }
+        };
         let max_in_flight = s.max_in_flight.unwrap_or(256);
         let per_webhook_concurrency = s.per_webhook_concurrency.unwrap_or(16);
         let claim_batch = s.claim_batch.unwrap_or(64);

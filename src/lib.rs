@@ -85,7 +85,12 @@ pub fn worker(config: &Config, store: Arc<dyn Store>) -> Result<Worker, RunError
 /// API on `listener` (or on `config.listen`) and runs the delivery worker, as `role` says.
 /// On shutdown the server stops accepting, the worker stops claiming and lets in-flight
 /// attempts finish (or gives their leases back), then this returns.
-pub async fn run(config: Config, role: Role, listener: Option<TcpListener>, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    role: Role,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let store = store::open(&config.database_url).await?;
     let worker_task = if role != Role::Api {
         let worker = worker(&config, store.clone())?;
@@ -96,7 +101,9 @@ pub async fn run(config: Config, role: Role, listener: Option<TcpListener>, shut
     if role != Role::Worker {
         let listener = match listener {
             Some(l) => l,
-            None => TcpListener::bind(config.listen).await.map_err(|e| RunError::Listen(config.listen.to_string(), e))?,
+            None => {
+                TcpListener::bind(config.listen).await.map_err(|e| RunError::Listen(config.listen.to_string(), e))?
+            }
         };
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, database = %redact_url(&config.database_url), "listening");

@@ -34,11 +34,7 @@ pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8])
 
 /// The `webhook-signature` header: one `v1,` entry per active secret, space-separated.
 pub fn standard_signature_header(secrets: &[&WebhookSecret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    secrets
-        .iter()
-        .map(|s| standard_signature(&s.key_bytes(), msg_id, timestamp, body))
-        .collect::<Vec<_>>()
-        .join(" ")
+    secrets.iter().map(|s| standard_signature(&s.key_bytes(), msg_id, timestamp, body)).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Logging: `RUST_LOG` picks the level (default `info`), the configuration the format.
 //! Metrics: one Prometheus recorder per process, rendered by `GET /metrics`.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -11,7 +12,7 @@ use crate::config::LogFormat;
 /// Installs the global tracing subscriber; later calls do nothing.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -75,7 +75,9 @@ fn parse_query(raw: Option<&str>) -> Result<DeliveryQuery, ApiError> {
         match name.as_ref() {
             "status" => match DeliveryStatus::parse(&value) {
                 Some(s) => q.status = Some(s),
-                None => errors.push(FieldError::new("status", "must be pending, retrying, succeeded, failed or cancelled")),
+                None => {
+                    errors.push(FieldError::new("status", "must be pending, retrying, succeeded, failed or cancelled"))
+                }
             },
             "eventType" => q.event_type = Some(value.into_owned()),
             "limit" => match value.parse::<u32>() {
@@ -121,7 +123,11 @@ pub(crate) async fn list(
     } else {
         None
     };
-    Ok(Json(Page { data: rows.into_iter().map(DeliveryView::from).collect(), next_cursor, timestamp: Timestamp::now() }))
+    Ok(Json(Page {
+        data: rows.into_iter().map(DeliveryView::from).collect(),
+        next_cursor,
+        timestamp: Timestamp::now(),
+    }))
 }
 
 #[derive(Serialize)]

@@ -129,10 +129,10 @@ pub async fn render_errors(request: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, _) = response.into_parts();
-    let info = parts.extensions.remove::<ErrorInfo>().unwrap_or_else(|| ErrorInfo {
-        message: default_message(status).to_string(),
-        errors: None,
-    });
+    let info = parts
+        .extensions
+        .remove::<ErrorInfo>()
+        .unwrap_or_else(|| ErrorInfo { message: default_message(status).to_string(), errors: None });
     let body = ErrorBody {
         status_code: status.as_u16(),
         error: status.canonical_reason().unwrap_or("Error"),

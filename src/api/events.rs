@@ -128,7 +128,11 @@ pub(crate) async fn publish(
     };
     let published = state.store.publish_event(&event, state.idempotency_window).await?;
     metrics::counter!("mosend_webhooks_events_published_total").increment(u64::from(!published.duplicate));
-    metrics::counter!("mosend_webhooks_deliveries_scheduled_total").increment(if published.duplicate { 0 } else { u64::from(published.deliveries) });
+    metrics::counter!("mosend_webhooks_deliveries_scheduled_total").increment(if published.duplicate {
+        0
+    } else {
+        u64::from(published.deliveries)
+    });
     let status = if published.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     let view = PublishedView {
         id: published.id,

@@ -120,10 +120,13 @@ impl FromRequestParts<AppState> for OrgAccess {
 pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !is_json(content_type) {
-        return Err(ApiError::UnsupportedMediaType("the body must be JSON, sent with `Content-Type: application/json`".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be JSON, sent with `Content-Type: application/json`".into(),
+        ));
     }
     let too_large = || ApiError::PayloadTooLarge(format!("the body must be at most {} KiB", limit / 1024));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }

@@ -4,8 +4,8 @@
 //!
 //! It depends on `domain` and `store`, never on `delivery`.
 
-pub mod error;
 mod deliveries;
+pub mod error;
 mod events;
 mod extract;
 mod openapi;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{
     error::{ApiError, FieldError},
     extract::{parse_object, read_body, OrgAccess},
-    Envelope, AppState,
+    AppState, Envelope,
 };
 use crate::domain::{
     time::Timestamp,

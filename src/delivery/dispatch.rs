@@ -59,7 +59,8 @@ impl Dispatcher {
         };
         match exchange {
             Err(_) => {
-                result.error = Some(format!("timeout: no complete answer within {}", humantime::format_duration(self.timeout)));
+                result.error =
+                    Some(format!("timeout: no complete answer within {}", humantime::format_duration(self.timeout)));
             }
             Ok(Err((outcome, error))) => {
                 result.outcome = outcome;
@@ -91,8 +92,8 @@ impl Dispatcher {
     async fn exchange(&self, d: &ClaimedDelivery, attempted_at: Timestamp) -> Result<Answer, (Outcome, String)> {
         let url = Url::parse(&d.url).map_err(|e| (Outcome::Protocol, format!("invalid URL: {e}")))?;
         net::check_target(&url, &self.allow).map_err(|b| (Outcome::Blocked, b.to_string()))?;
-        let data: &RawValue =
-            serde_json::from_str(&d.event_data).map_err(|e| (Outcome::Protocol, format!("stored event data is not JSON: {e}")))?;
+        let data: &RawValue = serde_json::from_str(&d.event_data)
+            .map_err(|e| (Outcome::Protocol, format!("stored event data is not JSON: {e}")))?;
         let event_id = d.event_id.to_string();
         let body = payload::render(d.format, &event_id, &d.event_type, d.event_created_at, data);
         let headers = self.headers(d, &event_id, attempted_at, &body);

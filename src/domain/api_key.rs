@@ -68,8 +68,10 @@ impl<'a> PresentedKey<'a> {
     pub fn parse(s: &'a str) -> Option<Self> {
         let rest = s.strip_prefix(KEY_PREFIX)?;
         let (prefix, secret) = rest.split_once('.')?;
-        let prefix_ok = prefix.len() == PREFIX_LEN && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        let secret_ok = secret.len() >= SECRET_MIN && secret.len() <= 128 && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+        let prefix_ok =
+            prefix.len() == PREFIX_LEN && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let secret_ok =
+            secret.len() >= SECRET_MIN && secret.len() <= 128 && secret.bytes().all(|b| b.is_ascii_alphanumeric());
         (prefix_ok && secret_ok).then_some(Self { prefix, secret })
     }
 
@@ -106,9 +108,13 @@ mod tests {
     #[test]
     fn malformed_keys_are_refused() {
         for bad in [
-            "", "mk_live_", "mk_test_abcdefghijkl.0123456789abcdefghij0123456789ab",
-            "mk_live_ABCDEFGHIJKL.0123456789abcdefghij0123456789ab", "mk_live_abcdefghijkl.short",
-            "mk_live_abcdefghijk.0123456789abcdefghij0123456789ab", "mk_live_abcdefghijkl.0123456789abcdefghij0123456789a!",
+            "",
+            "mk_live_",
+            "mk_test_abcdefghijkl.0123456789abcdefghij0123456789ab",
+            "mk_live_ABCDEFGHIJKL.0123456789abcdefghij0123456789ab",
+            "mk_live_abcdefghijkl.short",
+            "mk_live_abcdefghijk.0123456789abcdefghij0123456789ab",
+            "mk_live_abcdefghijkl.0123456789abcdefghij0123456789a!",
         ] {
             assert!(PresentedKey::parse(bad).is_none(), "{bad}");
         }

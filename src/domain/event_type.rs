@@ -78,8 +78,7 @@ impl Catalogue {
         }
         if let Some(family) = s.strip_suffix(".*") {
             let prefix = format!("{family}.");
-            let known = !family.is_empty()
-                && self.types.iter().any(|t| t != TEST_EVENT && t.starts_with(&prefix));
+            let known = !family.is_empty() && self.types.iter().any(|t| t != TEST_EVENT && t.starts_with(&prefix));
             return if known { Ok(()) } else { Err(format!("no known event type in family `{family}`")) };
         }
         if self.contains(s) {

@@ -39,7 +39,12 @@ impl RetrySchedule {
 
     /// The delay before the next attempt after `attempts_made` failed ones, or `None` when
     /// the schedule is exhausted. `retry_after` (from a 429 or 503) wins when it is longer.
-    pub fn next_delay(&self, attempts_made: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Option<Duration> {
+    pub fn next_delay(
+        &self,
+        attempts_made: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Option<Duration> {
         let index = usize::try_from(attempts_made.checked_sub(1)?).ok()?;
         let step = *self.steps.get(index)?;
         let jittered = step.mul_f64(rng.gen_range(1.0 - JITTER..=1.0 + JITTER));
@@ -99,7 +104,10 @@ mod tests {
 
     #[test]
     fn schedules_parse_human_durations() {
-        assert_eq!(RetrySchedule::parse("1s, 2m").unwrap(), RetrySchedule::new(vec![Duration::from_secs(1), Duration::from_secs(120)]));
+        assert_eq!(
+            RetrySchedule::parse("1s, 2m").unwrap(),
+            RetrySchedule::new(vec![Duration::from_secs(1), Duration::from_secs(120)])
+        );
         assert!(RetrySchedule::parse("1x").is_err());
         assert_eq!(RetrySchedule::parse("").unwrap().max_attempts(), 1);
     }

@@ -22,7 +22,8 @@ pub const HEADER_VALUE_MAX: usize = 1024;
 
 /// Header names a webhook may not set, compared case-insensitively; `webhook-*` and
 /// `x-mosend-*` are refused by prefix.
-const RESERVED_HEADERS: &[&str] = &["host", "content-type", "content-length", "transfer-encoding", "connection", "user-agent"];
+const RESERVED_HEADERS: &[&str] =
+    &["host", "content-type", "content-length", "transfer-encoding", "connection", "user-agent"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -224,10 +225,22 @@ mod tests {
         assert!(WebhookUrl::parse("https://example.com/hook", &none).is_ok());
         assert!(WebhookUrl::parse("http://example.com:8080/h?x=1", &none).is_ok());
         for bad in [
-            "ftp://example.com", "example.com/hook", "https://user:pw@example.com", "https://user@example.com",
-            "https://127.0.0.1/", "http://2130706433/", "http://0x7f.1/", "http://0177.0.0.1/", "http://[::1]/",
-            "http://[::ffff:7f00:1]/", "http://localhost/", "http://api.localhost./", "http://10.0.0.1/",
-            "http://169.254.169.254/latest", "javascript:alert(1)", "",
+            "ftp://example.com",
+            "example.com/hook",
+            "https://user:pw@example.com",
+            "https://user@example.com",
+            "https://127.0.0.1/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://0177.0.0.1/",
+            "http://[::1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://localhost/",
+            "http://api.localhost./",
+            "http://10.0.0.1/",
+            "http://169.254.169.254/latest",
+            "javascript:alert(1)",
+            "",
         ] {
             assert!(WebhookUrl::parse(bad, &none).is_err(), "{bad} should be refused");
         }

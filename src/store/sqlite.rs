@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    ApiKeyRecord, Attempt, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryQuery, DisablePolicy, NewEvent,
-    NextStep, PublishedEvent, Result, Store, StoreError, Webhook, WebhookUpdate,
+    ApiKeyRecord, Attempt, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryQuery, DisablePolicy,
+    NewEvent, NextStep, PublishedEvent, Result, Store, StoreError, Webhook, WebhookUpdate,
 };
 use crate::domain::{
     api_key::Scope,
@@ -39,7 +39,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(options.clone()).await?;
+        let writer =
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(options.clone()).await?;
         let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(false)).await?;
         Ok(Self { writer, reader, signal: Arc::new(Notify::new()) })
     }
@@ -92,7 +93,8 @@ fn delivery_from_row(row: &SqliteRow) -> Result<Delivery> {
         webhook_id: uuid(row, "webhook_id")?,
         event_id: uuid(row, "event_id")?,
         event_type: row.try_get("event_type")?,
-        status: DeliveryStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("delivery status {status}")))?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status}")))?,
         attempts: row.try_get::<i64, _>("attempts")?.try_into().unwrap_or(u32::MAX),
         last_status_code: row.try_get::<Option<i64>, _>("last_status_code")?.and_then(|c| u16::try_from(c).ok()),
         last_error: row.try_get("last_error")?,
@@ -189,7 +191,8 @@ impl Store for SqliteStore {
     }
 
     async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyRecord>> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE prefix = ?").bind(prefix).fetch_optional(&self.reader).await?;
+        let row =
+            sqlx::query("SELECT * FROM api_keys WHERE prefix = ?").bind(prefix).fetch_optional(&self.reader).await?;
         row.as_ref().map(api_key_from_row).transpose()
     }
 
@@ -208,23 +211,25 @@ impl Store for SqliteStore {
     }
 
     async fn insert_webhook(&self, w: &Webhook) -> Result<()> {
-        sqlx::query(&format!("INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(w.id.to_string())
-            .bind(w.org_id.to_string())
-            .bind(&w.name)
-            .bind(&w.description)
-            .bind(&w.url)
-            .bind(to_json(&w.events))
-            .bind(w.format.as_str())
-            .bind(w.status.as_str())
-            .bind(&w.disabled_reason)
-            .bind(w.disabled_at.map(|t| t.0))
-            .bind(to_json(&w.headers))
-            .bind(w.secret.expose())
-            .bind(w.created_at.0)
-            .bind(w.updated_at.0)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(w.id.to_string())
+        .bind(w.org_id.to_string())
+        .bind(&w.name)
+        .bind(&w.description)
+        .bind(&w.url)
+        .bind(to_json(&w.events))
+        .bind(w.format.as_str())
+        .bind(w.status.as_str())
+        .bind(&w.disabled_reason)
+        .bind(w.disabled_at.map(|t| t.0))
+        .bind(to_json(&w.headers))
+        .bind(w.secret.expose())
+        .bind(w.created_at.0)
+        .bind(w.updated_at.0)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
@@ -302,11 +307,13 @@ impl Store for SqliteStore {
         let org = e.org_id.to_string();
         let mut tx = self.writer.begin().await?;
         if let Some(key) = &e.idempotency_key {
-            let existing = sqlx::query("SELECT id, type, created_at, deliveries FROM events WHERE org_id = ? AND idempotency_key = ?")
-                .bind(&org)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let existing = sqlx::query(
+                "SELECT id, type, created_at, deliveries FROM events WHERE org_id = ? AND idempotency_key = ?",
+            )
+            .bind(&org)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(row) = existing {
                 let created_at = ts(&row, "created_at")?;
                 if created_at > e.created_at.minus(window) {
@@ -326,14 +333,15 @@ impl Store for SqliteStore {
                     .await?;
             }
         }
-        let candidates = sqlx::query("SELECT id, events FROM webhooks WHERE org_id = ? AND status IN ('active', 'paused')")
-            .bind(&org)
-            .fetch_all(&mut *tx)
-            .await?;
+        let candidates =
+            sqlx::query("SELECT id, events FROM webhooks WHERE org_id = ? AND status IN ('active', 'paused')")
+                .bind(&org)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut targets = Vec::new();
         for row in &candidates {
-            let events: Vec<String> =
-                serde_json::from_str(row.try_get("events")?).map_err(|_| StoreError::Corrupt("webhook events".into()))?;
+            let events: Vec<String> = serde_json::from_str(row.try_get("events")?)
+                .map_err(|_| StoreError::Corrupt("webhook events".into()))?;
             if event_type::matches(&events, &e.event_type) {
                 targets.push(uuid(row, "id")?);
             }
@@ -370,7 +378,13 @@ impl Store for SqliteStore {
         if deliveries > 0 {
             self.signal.notify_one();
         }
-        Ok(PublishedEvent { id: e.id, event_type: e.event_type.clone(), created_at: e.created_at, deliveries, duplicate: false })
+        Ok(PublishedEvent {
+            id: e.id,
+            event_type: e.event_type.clone(),
+            created_at: e.created_at,
+            deliveries,
+            duplicate: false,
+        })
     }
 
     async fn list_deliveries(&self, webhook_id: Uuid, q: &DeliveryQuery) -> Result<Vec<Delivery>> {
@@ -458,12 +472,14 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let ids_json = to_json(&ids);
-        sqlx::query("UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id IN (SELECT value FROM json_each(?))")
-            .bind(r.lease_until.0)
-            .bind(r.token.to_string())
-            .bind(&ids_json)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(r.lease_until.0)
+        .bind(r.token.to_string())
+        .bind(&ids_json)
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(
             "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, e.data, e.created_at AS event_created_at,
                     w.url, w.format, w.secret, w.headers
@@ -549,10 +565,12 @@ impl Store for SqliteStore {
         let webhook = a.webhook_id.to_string();
         let mut disabled = None;
         if a.outcome == Outcome::Success {
-            sqlx::query("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = ? AND failed_attempts > 0")
-                .bind(&webhook)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = ? AND failed_attempts > 0",
+            )
+            .bind(&webhook)
+            .execute(&mut *tx)
+            .await?;
         } else {
             let streak = sqlx::query(
                 "UPDATE webhooks SET failing_since = COALESCE(failing_since, ?), failed_attempts = failed_attempts + 1
@@ -567,11 +585,14 @@ impl Store for SqliteStore {
             } else if let Some(row) = streak {
                 let since: i64 = row.try_get("failing_since")?;
                 let count: i64 = row.try_get("failed_attempts")?;
-                let long_enough = now.0.saturating_sub(since) >= i64::try_from(policy.after.as_millis()).unwrap_or(i64::MAX);
+                let long_enough =
+                    now.0.saturating_sub(since) >= i64::try_from(policy.after.as_millis()).unwrap_or(i64::MAX);
                 (long_enough && count >= i64::from(policy.min_attempts)).then(|| {
                     format!(
                         "every attempt failed for {} ({count} attempts); last error: {}",
-                        humantime::format_duration(Duration::from_secs(u64::try_from((now.0 - since) / 1000).unwrap_or(0))),
+                        humantime::format_duration(Duration::from_secs(
+                            u64::try_from((now.0 - since) / 1000).unwrap_or(0)
+                        )),
                         a.error.as_deref().unwrap_or("unknown")
                     )
                 })

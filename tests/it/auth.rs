@@ -1,0 +1,145 @@
+//! Authentication and tenancy: 401 / 403 / 404 exactly as SPEC §2 says, and the order of
+//! the checks.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app, TestApp};
+
+#[tokio::test]
+async fn missing_malformed_wrong_and_revoked_keys_are_401() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let path = TestApp::hooks_path(org);
+
+    let resp = app.client.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["statusCode"], 401);
+    assert_eq!(body["error"], "Unauthorized");
+    assert_eq!(body["path"], path);
+
+    let (prefix, _) = key.split_once('.').unwrap();
+    let wrong_secret = format!("{prefix}.{}", "A".repeat(40));
+    for bad in ["nope", "mk_live_short.x", &wrong_secret, "mk_live_zzzzzzzzzzzz.0123456789abcdefghij0123456789abcdef"] {
+        let (status, _) = app.call("GET", &path, bad, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let resp = app.client.get(app.url(&path)).header("Authorization", format!("Basic {key}")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Bearer works as well as X-Api-Key.
+    let resp = app.client.get(app.url(&path)).header("Authorization", format!("Bearer {key}")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let revoked = app
+        .store
+        .revoke_api_key(&prefix["mk_live_".len()..], mosend_webhooks::domain::time::Timestamp::now())
+        .await
+        .unwrap();
+    assert!(revoked);
+    let (status, _) = app.call("GET", &path, &key, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_organization_key_never_reaches_another_organization() {
+    let app = spawn_app().await;
+    let (org_a, org_b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (key_a, key_b) = (app.org_key(org_a).await, app.org_key(org_b).await);
+    let hook_b = app.create_webhook(&key_b, org_b, "https://example.com/b", &["*"]).await;
+    let id_b = hook_b["id"].as_str().unwrap();
+
+    // Another organization in the path: 403, whatever the operation.
+    let b_path = TestApp::hooks_path(org_b);
+    for (method, path) in [
+        ("GET", b_path.clone()),
+        ("POST", b_path.clone()),
+        ("GET", format!("{b_path}/{id_b}")),
+        ("PATCH", format!("{b_path}/{id_b}")),
+        ("DELETE", format!("{b_path}/{id_b}")),
+        ("GET", format!("{b_path}/{id_b}/secret")),
+        ("GET", format!("{b_path}/{id_b}/deliveries")),
+    ] {
+        let (status, body) = app.call(method, &path, &key_a, Some(json!({"name": "x"}))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert!(!body.to_string().contains("whsec_"));
+    }
+
+    // B's webhook id under A's own organization: 404, never revealed.
+    let a_path = TestApp::hooks_path(org_a);
+    for (method, path) in [
+        ("GET", format!("{a_path}/{id_b}")),
+        ("PATCH", format!("{a_path}/{id_b}")),
+        ("DELETE", format!("{a_path}/{id_b}")),
+        ("GET", format!("{a_path}/{id_b}/secret")),
+        ("GET", format!("{a_path}/{id_b}/deliveries")),
+    ] {
+        let (status, _) = app.call(method, &path, &key_a, Some(json!({"name": "x"}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    // B's webhook is untouched.
+    let (status, body) = app.call("GET", &format!("{b_path}/{id_b}"), &key_b, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["name"], "test hook");
+
+    // The platform key manages any organization.
+    let (status, _) = app.call("GET", &format!("{b_path}/{id_b}/secret"), &app.platform_key, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_organization_key_cannot_publish_events() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let (status, body) = app
+        .call("POST", &format!("/organizations/{org}/events"), &key, Some(json!({"type": "email.sent", "data": {}})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test]
+async fn checks_run_in_the_order_the_spec_fixes() {
+    let app = spawn_app().await;
+    let (org, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let key = app.org_key(org).await;
+    let hook = app.create_webhook(&key, org, "https://example.com/a", &["*"]).await;
+    let hook_path = format!("{}/{}", TestApp::hooks_path(org), hook["id"].as_str().unwrap());
+    let send = |path: String, key: Option<&str>, content_type: Option<&str>, body: Vec<u8>| {
+        let mut req = app.client.patch(app.url(&path)).body(body);
+        if let Some(k) = key {
+            req = req.header("X-Api-Key", k);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let json = Some("application/json");
+    let big = vec![b' '; 300 * 1024];
+    // 401 before 400 (bad UUID).
+    assert_eq!(send("/organizations/not-a-uuid/webhooks-outbound/x".into(), None, json, b"{".to_vec()).await, 401);
+    // 400 (bad UUID) before 403.
+    assert_eq!(send(format!("/organizations/{other}/webhooks-outbound/x"), Some(&key), json, b"{".to_vec()).await, 400);
+    // 403 before 404.
+    assert_eq!(
+        send(format!("{}/{}", TestApp::hooks_path(other), Uuid::now_v7()), Some(&key), json, b"{".to_vec()).await,
+        403
+    );
+    // 404 before 415.
+    assert_eq!(
+        send(format!("{}/{}", TestApp::hooks_path(org), Uuid::now_v7()), Some(&key), Some("text/plain"), b"{".to_vec())
+            .await,
+        404
+    );
+    // 415 before 413.
+    assert_eq!(send(hook_path.clone(), Some(&key), Some("text/plain"), big.clone()).await, 415);
+    // 413 before 400 (malformed JSON).
+    assert_eq!(send(hook_path.clone(), Some(&key), json, big).await, 413);
+    // 400 before 422.
+    assert_eq!(send(hook_path.clone(), Some(&key), json, b"{\"url\": ".to_vec()).await, 400);
+    assert_eq!(send(hook_path, Some(&key), json, br#"{"url": 5}"#.to_vec()).await, 422);
+}

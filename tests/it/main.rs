@@ -1,0 +1,14 @@
+#![allow(unreachable_pub)]
+
+//! The integration suite: one binary, a file per area. Tests drive the real HTTP API on a
+//! real socket, real receivers, and real SQLite files; the process tests run the real
+//! binary.
+
+mod helpers;
+
+mod auth;
+mod delivery;
+mod events;
+mod process;
+mod validation;
+mod webhooks;

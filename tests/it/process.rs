@@ -1,0 +1,344 @@
+//! The real binary: defaults, the keys CLI, SIGKILL mid-delivery, SIGTERM, and logs that
+//! never hold a secret.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{wait_until, Reply, TestReceiver};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mosend-webhooks");
+
+/// A command for the binary with no `MOSEND_WEBHOOKS_*` from the outside.
+fn command(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MOSEND_WEBHOOKS_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn cli(dir: &Path, db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = command(dir).env("MOSEND_WEBHOOKS_DATABASE_URL", db).args(args).output().expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn create_key(dir: &Path, db: &str, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = cli(dir, db, args);
+    assert!(ok, "{stderr}");
+    stdout.lines().last().expect("the key is the last line").trim().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Server {
+    async fn start(dir: &Path, db: &str, port: u16, extra: &[(&str, &str)]) -> Server {
+        let log = dir.join(format!("server-{}.log", Uuid::now_v7()));
+        let mut c = command(dir);
+        c.arg("serve")
+            .env("MOSEND_WEBHOOKS_DATABASE_URL", db)
+            .env("MOSEND_WEBHOOKS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("MOSEND_WEBHOOKS_ALLOWED_PRIVATE_CIDRS", "127.0.0.0/8")
+            .env("MOSEND_WEBHOOKS_POLL_INTERVAL", "25ms")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("the server starts");
+        let server = Server { child, base: format!("http://127.0.0.1:{port}"), log };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/health", self.base);
+        let up = wait_until(Duration::from_secs(20), || {
+            let req = client.get(&url).send();
+            async move { req.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        assert!(up, "the server never became healthy: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    fn signal(&self, s: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), s).unwrap();
+    }
+
+    /// Waits for exit; returns the status and how long it took.
+    async fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(start.elapsed() < limit, "the server did not exit within {limit:?}");
+            // An async sleep: the receivers run on this test's runtime and must keep answering.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let mut s = String::new();
+        std::fs::File::open(&self.log).unwrap().read_to_string(&mut s).unwrap();
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> (u16, Value) {
+    let resp = client.post(url).header("X-Api-Key", key).json(&body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_creates_the_database_in_the_working_directory_and_listens_on_8080() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut child = command(dir.path())
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let up = wait_until(Duration::from_secs(20), || {
+        let req = client.get("http://127.0.0.1:8080/ready").send();
+        async move { req.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(up, "no answer on 127.0.0.1:8080: {log_text}");
+    assert!(dir.path().join("mosend-webhooks.db").exists());
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn the_keys_cli_creates_lists_and_revokes_keys_and_prints_each_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let (ok, out, _) = cli(dir.path(), &db, &["migrate"]);
+    assert!(ok, "{out}");
+    let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
+    let org = Uuid::now_v7();
+    let org_key = create_key(dir.path(), &db, &["keys", "create", "--org", &org.to_string(), "--name", "billing"]);
+    for k in [&platform, &org_key] {
+        let (prefix, secret) = k.strip_prefix("mk_live_").unwrap().split_once('.').unwrap();
+        assert_eq!(prefix.len(), 12);
+        assert!(prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+    let (ok, listing, _) = cli(dir.path(), &db, &["keys", "list"]);
+    assert!(ok);
+    let org_prefix = &org_key["mk_live_".len()..20];
+    assert!(listing.contains(org_prefix) && listing.contains("billing") && listing.contains(&format!("org:{org}")));
+    assert!(listing.contains("platform"));
+    assert!(!listing.contains(org_key.split_once('.').unwrap().1), "secrets never listed");
+    // The database holds no key secret.
+    let bytes = std::fs::read(dir.path().join("k.db")).unwrap();
+    let secret = org_key.split_once('.').unwrap().1.as_bytes();
+    assert!(!bytes.windows(secret.len()).any(|w| w == secret));
+
+    let (ok, _, _) = cli(dir.path(), &db, &["keys", "revoke", org_prefix]);
+    assert!(ok);
+    let (_, listing, _) = cli(dir.path(), &db, &["keys", "list"]);
+    assert!(listing.lines().any(|l| l.starts_with(org_prefix) && l.contains("revoked")));
+    let (ok, _, err) = cli(dir.path(), &db, &["keys", "revoke", org_prefix]);
+    assert!(!ok && err.contains("no active key"));
+    let (ok, _, _) = cli(dir.path(), &db, &["keys", "revoke", "NOT-A-PREFIX"]);
+    assert!(!ok);
+    let (ok, _, _) = cli(dir.path(), &db, &["keys", "create"]);
+    assert!(!ok, "a scope is required");
+    let (ok, _, _) = cli(dir.path(), &db, &["keys", "create", "--org", "nope"]);
+    assert!(!ok);
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_delivery_loses_no_event_that_got_a_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
+    let org = Uuid::now_v7();
+    let org_key = create_key(dir.path(), &db, &["keys", "create", "--org", &org.to_string()]);
+    let receiver = TestReceiver::start_with(vec![], Reply::Hang).await;
+    let port = free_port();
+    let env = [
+        ("MOSEND_WEBHOOKS_DELIVERY_TIMEOUT", "2s"),
+        ("MOSEND_WEBHOOKS_LEASE_MARGIN", "1s"),
+        ("MOSEND_WEBHOOKS_RETRY_SCHEDULE", "100ms,100ms,100ms"),
+    ];
+    let mut server = Server::start(dir.path(), &db, port, &env).await;
+    let client = reqwest::Client::new();
+    let (status, _) = post(
+        &client,
+        format!("{}/organizations/{org}/webhooks-outbound", server.base),
+        &org_key,
+        json!({"name": "r", "url": receiver.url(), "events": ["*"]}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let mut accepted = Vec::new();
+    for i in 0..30 {
+        let (status, body) = post(
+            &client,
+            format!("{}/organizations/{org}/events", server.base),
+            &platform,
+            json!({"type": "email.sent", "data": {"i": i}}),
+        )
+        .await;
+        assert_eq!(status, 202);
+        accepted.push(body["data"]["id"].as_str().unwrap().to_string());
+    }
+    // Attempts are in flight (the receiver holds them): kill the server now.
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    server.signal(Signal::SIGKILL);
+    server.wait_exit(Duration::from_secs(5)).await;
+
+    receiver.set_default(Reply::Status(200));
+    let _server = Server::start(dir.path(), &db, port, &env).await;
+    let all_arrived = wait_until(Duration::from_secs(30), || {
+        let got = receiver.received();
+        let accepted = &accepted;
+        async move {
+            let ok: std::collections::HashSet<String> =
+                got.iter().map(|r| r.header("webhook-id").to_string()).collect();
+            accepted.iter().all(|id| ok.contains(id))
+        }
+    })
+    .await;
+    assert!(all_arrived, "every accepted event was delivered after the restart");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("term.db").display());
+    let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
+    let org = Uuid::now_v7();
+    let receiver = TestReceiver::start_with(vec![], Reply::Delayed(Duration::from_millis(800), 200)).await;
+    let mut server = Server::start(dir.path(), &db, free_port(), &[("MOSEND_WEBHOOKS_DELIVERY_TIMEOUT", "3s")]).await;
+    let client = reqwest::Client::new();
+    let (status, hook) = post(
+        &client,
+        format!("{}/organizations/{org}/webhooks-outbound", server.base),
+        &platform,
+        json!({"name": "r", "url": receiver.url(), "events": ["*"]}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    post(
+        &client,
+        format!("{}/organizations/{org}/events", server.base),
+        &platform,
+        json!({"type": "email.sent", "data": {}}),
+    )
+    .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    server.signal(Signal::SIGTERM);
+    let (status, took) = server.wait_exit(Duration::from_secs(8)).await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(8));
+    // The in-flight attempt finished and was recorded before the exit.
+    let store = mosend_webhooks::store::open(&db).await.unwrap();
+    let hook_id = Uuid::parse_str(hook["data"]["id"].as_str().unwrap()).unwrap();
+    let rows = store
+        .list_deliveries(hook_id, &mosend_webhooks::store::DeliveryQuery { limit: 5, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(rows[0].status, mosend_webhooks::domain::delivery::DeliveryStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("log.db").display());
+    let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
+    let org = Uuid::now_v7();
+    let org_key = create_key(dir.path(), &db, &["keys", "create", "--org", &org.to_string()]);
+    let receiver = TestReceiver::start_with(vec![Reply::Status(500)], Reply::Status(200)).await;
+    let server = Server::start(
+        dir.path(),
+        &db,
+        free_port(),
+        &[("RUST_LOG", "trace"), ("MOSEND_WEBHOOKS_RETRY_SCHEDULE", "100ms")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let (_, hook) = post(
+        &client,
+        format!("{}/organizations/{org}/webhooks-outbound", server.base),
+        &org_key,
+        json!({"name": "r", "url": receiver.url(), "events": ["*"]}),
+    )
+    .await;
+    let secret = hook["data"]["secret"].as_str().unwrap().to_string();
+    let resp = client
+        .get(format!(
+            "{}/organizations/{org}/webhooks-outbound/{}/secret",
+            server.base,
+            hook["data"]["id"].as_str().unwrap()
+        ))
+        .header("Authorization", format!("Bearer {org_key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    post(
+        &client,
+        format!("{}/organizations/{org}/events", server.base),
+        &platform,
+        json!({"type": "email.sent", "data": {}}),
+    )
+    .await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    // A bad key is logged nowhere either.
+    post(
+        &client,
+        format!("{}/organizations/{org}/events", server.base),
+        "mk_live_aaaaaaaaaaaa.wrongwrongwrongwrongwrongwrongwrong",
+        json!({}),
+    )
+    .await;
+    server.signal(Signal::SIGTERM);
+    let mut server = server;
+    server.wait_exit(Duration::from_secs(15)).await;
+    let log = server.log_text();
+    assert!(log.len() > 100, "the log has content: {log}");
+    let secret_b64 = secret.strip_prefix("whsec_").unwrap();
+    for needle in
+        [secret_b64, platform.split_once('.').unwrap().1, org_key.split_once('.').unwrap().1, "wrongwrongwrongwrong"]
+    {
+        assert!(!log.contains(needle), "a secret reached the log");
+    }
+}

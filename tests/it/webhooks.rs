@@ -1,0 +1,157 @@
+//! The webhook resource: create, list, read, update, delete, reveal the secret.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app, TestApp};
+
+fn is_rfc3339_millis_z(s: &str) -> bool {
+    // 2026-05-01T03:42:18.123Z
+    s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T' && s.as_bytes()[19] == b'.'
+}
+
+#[tokio::test]
+async fn create_answers_201_with_the_secret_in_an_envelope_and_list_never_shows_it() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            &TestApp::hooks_path(org),
+            &key,
+            Some(json!({"name": "  Orders  ", "url": "https://example.com/hook", "events": ["email.delivered", "email.*"], "description": "d"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let data = &body["data"];
+    assert!(is_rfc3339_millis_z(body["timestamp"].as_str().unwrap()));
+    assert_eq!(data["name"], "Orders");
+    assert_eq!(data["organizationId"], org.to_string());
+    assert_eq!(data["format"], "json");
+    assert_eq!(data["status"], "active");
+    assert_eq!(data["disabledReason"], json!(null));
+    assert_eq!(data["headers"], json!({}));
+    assert!(is_rfc3339_millis_z(data["createdAt"].as_str().unwrap()));
+    assert!(is_rfc3339_millis_z(data["updatedAt"].as_str().unwrap()));
+    let secret = data["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"));
+    let id = data["id"].as_str().unwrap();
+    assert_eq!(Uuid::parse_str(id).unwrap().get_version_num(), 7);
+
+    let (status, list) = app.call("GET", &TestApp::hooks_path(org), &key, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(list["data"][0].get("secret").is_none());
+    assert!(!list.to_string().contains(secret));
+
+    let (status, one) = app.call("GET", &format!("{}/{id}", TestApp::hooks_path(org)), &key, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["data"]["id"], id);
+    assert!(one["data"].get("secret").is_none());
+
+    let (status, revealed) = app.call("GET", &format!("{}/{id}/secret", TestApp::hooks_path(org)), &key, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(revealed["data"], json!({"secret": secret}));
+    assert!(is_rfc3339_millis_z(revealed["timestamp"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn an_organization_without_webhooks_has_an_empty_list() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let (status, body) = app.call("GET", &TestApp::hooks_path(org), &app.platform_key.clone(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"], json!([]));
+}
+
+#[tokio::test]
+async fn patch_updates_only_the_given_fields_and_validates_them_like_create() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let hook = app.create_webhook(&key, org, "https://example.com/a", &["email.sent"]).await;
+    let path = format!("{}/{}", TestApp::hooks_path(org), hook["id"].as_str().unwrap());
+    let (status, body) = app
+        .call(
+            "PATCH",
+            &path,
+            &key,
+            Some(json!({"url": "https://example.org/b", "format": "standard-webhooks", "headers": {"X-Team": "mail"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let d = &body["data"];
+    assert_eq!(d["url"], "https://example.org/b");
+    assert_eq!(d["format"], "standard-webhooks");
+    assert_eq!(d["headers"], json!({"X-Team": "mail"}));
+    assert_eq!(d["name"], hook["name"]);
+    assert_eq!(d["events"], json!(["email.sent"]));
+    assert_eq!(d["createdAt"], hook["createdAt"]);
+    assert!(d.get("secret").is_none());
+
+    let (status, _) = app.call("PATCH", &path, &key, Some(json!({"url": "ftp://nope"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, after) = app.call("GET", &path, &key, None).await;
+    assert_eq!(after["data"]["url"], "https://example.org/b", "a rejected PATCH changes nothing");
+
+    let (status, body) = app.call("PATCH", &path, &key, Some(json!({"description": null, "name": "renamed"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["description"], json!(null));
+    assert_eq!(body["data"]["name"], "renamed");
+}
+
+#[tokio::test]
+async fn disabling_through_patch_sets_a_reason_and_reactivating_clears_it() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let hook = app.create_webhook(&key, org, "https://example.com/a", &["*"]).await;
+    let path = format!("{}/{}", TestApp::hooks_path(org), hook["id"].as_str().unwrap());
+    let (_, body) = app.call("PATCH", &path, &key, Some(json!({"status": "disabled"}))).await;
+    assert_eq!(body["data"]["status"], "disabled");
+    assert!(body["data"]["disabledReason"].is_string());
+    assert!(body["data"]["disabledAt"].is_string());
+    let (_, body) = app.call("PATCH", &path, &key, Some(json!({"status": "active"}))).await;
+    assert_eq!(body["data"]["status"], "active");
+    assert_eq!(body["data"]["disabledReason"], json!(null));
+    assert_eq!(body["data"]["disabledAt"], json!(null));
+}
+
+#[tokio::test]
+async fn delete_answers_204_then_the_webhook_is_gone() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let hook = app.create_webhook(&key, org, "https://example.com/a", &["*"]).await;
+    let path = format!("{}/{}", TestApp::hooks_path(org), hook["id"].as_str().unwrap());
+    let resp = app.client.delete(app.url(&path)).header("X-Api-Key", &key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    for (method, p) in [
+        ("GET", path.clone()),
+        ("DELETE", path.clone()),
+        ("GET", format!("{path}/secret")),
+        ("GET", format!("{path}/deliveries")),
+    ] {
+        let (status, body) = app.call(method, &p, &key, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {p}");
+        assert_eq!(body["statusCode"], 404);
+    }
+    let (_, list) = app.call("GET", &TestApp::hooks_path(org), &key, None).await;
+    assert_eq!(list["data"], json!([]));
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_answer() {
+    let app = spawn_app().await;
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let org = Uuid::now_v7();
+    app.publish(org, "email.sent", json!({})).await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("mosend_webhooks_events_published_total"), "{metrics}");
+}
