@@ -20,9 +20,9 @@ use crate::store::{Attempt, Delivery, DeliveryQuery};
 pub(crate) const LIMIT_DEFAULT: u32 = 50;
 pub(crate) const LIMIT_MAX: u32 = 250;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct DeliveryView {
+pub(crate) struct DeliveryView {
     id: Uuid,
     webhook_id: Uuid,
     event_id: Uuid,
@@ -60,9 +60,9 @@ impl From<Delivery> for DeliveryView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Page<T> {
+pub(crate) struct Page<T> {
     data: Vec<T>,
     next_cursor: Option<String>,
     timestamp: Timestamp,
@@ -106,6 +106,14 @@ async fn ensure_webhook(state: &AppState, access: &OrgAccess) -> Result<Uuid, Ap
     }
 }
 
+#[utoipa::path(get, path = "/organizations/{orgId}/webhooks-outbound/{id}/deliveries", tag = "deliveries",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook"),
+        ("status" = Option<DeliveryStatus>, Query, description = "Only deliveries in this status"),
+        ("eventType" = Option<String>, Query, description = "Only deliveries of this event type"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 250 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
+    responses((status = 200, description = "Newest first", body = Page<DeliveryView>), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     access: OrgAccess,
@@ -130,9 +138,9 @@ pub(crate) async fn list(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AttemptView {
+pub(crate) struct AttemptView {
     id: Uuid,
     delivery_id: Uuid,
     attempted_at: Timestamp,
@@ -159,6 +167,10 @@ impl From<Attempt> for AttemptView {
 }
 
 /// `GET …/{id}/deliveries/{deliveryId}/attempts`: every attempt of one delivery, oldest first.
+#[utoipa::path(get, path = "/organizations/{orgId}/webhooks-outbound/{id}/deliveries/{deliveryId}/attempts", tag = "deliveries",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook"), ("deliveryId" = Uuid, Path, description = "The delivery")),
+    responses((status = 200, description = "Every attempt, oldest first", body = Envelope<Vec<AttemptView>>), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody)))]
 pub(crate) async fn attempts(State(state): State<AppState>, access: OrgAccess) -> Result<impl IntoResponse, ApiError> {
     let webhook_id = ensure_webhook(&state, &access).await?;
     let delivery_id = access.sub_id()?;

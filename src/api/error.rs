@@ -20,7 +20,7 @@ use crate::domain::time::Timestamp;
 use crate::store::StoreError;
 
 /// One field's problem in a 422 answer.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -24,9 +24,9 @@ use crate::store::NewEvent;
 
 pub(crate) const IDEMPOTENCY_KEY_MAX: usize = 255;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PublishedView {
+pub(crate) struct PublishedView {
     id: Uuid,
     #[serde(rename = "type")]
     event_type: String,
@@ -46,6 +46,13 @@ fn check_idempotency_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+#[utoipa::path(post, path = "/organizations/{orgId}/events", tag = "events", params(("orgId" = Uuid, Path, description = "The organization"),
+        ("Idempotency-Key" = Option<String>, Header, description = "De-duplicates for 24 hours (or `idempotencyKey` in the body)")),
+    request_body = super::openapi::PublishEvent,
+    responses((status = 202, description = "Stored with its deliveries", body = Envelope<PublishedView>),
+        (status = 200, description = "A duplicate of an event published with the same idempotency key", body = Envelope<PublishedView>),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 413, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     access: OrgAccess,

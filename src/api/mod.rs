@@ -41,7 +41,7 @@ pub struct AppState {
 }
 
 /// The success envelope.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Envelope<T> {
     data: T,
     timestamp: Timestamp,

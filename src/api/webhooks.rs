@@ -24,7 +24,7 @@ use crate::domain::{
 use crate::store::{Webhook, WebhookUpdate};
 
 /// A webhook as the API shows it; the secret only in the create answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct WebhookView {
     id: Uuid,
@@ -40,6 +40,7 @@ pub(crate) struct WebhookView {
     headers: Headers,
     created_at: Timestamp,
     updated_at: Timestamp,
+    /// Only in the create answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
@@ -177,16 +178,24 @@ async fn find(state: &AppState, access: &OrgAccess) -> Result<Webhook, ApiError>
     state.store.get_webhook(access.org, id).await?.ok_or_else(|| ApiError::NotFound("no such webhook".into()))
 }
 
+#[utoipa::path(get, path = "/organizations/{orgId}/webhooks-outbound", tag = "webhooks", params(("orgId" = Uuid, Path, description = "The organization")),
+    responses((status = 200, description = "The organization's webhooks, never with their secrets", body = Envelope<Vec<WebhookView>>), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody)))]
 pub(crate) async fn list(State(state): State<AppState>, access: OrgAccess) -> Result<impl IntoResponse, ApiError> {
     let hooks = state.store.list_webhooks(access.org).await?;
     Ok(Json(Envelope::new(hooks.iter().map(WebhookView::from).collect::<Vec<_>>())))
 }
 
+#[utoipa::path(get, path = "/organizations/{orgId}/webhooks-outbound/{id}", tag = "webhooks", params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook")),
+    responses((status = 200, description = "One webhook", body = Envelope<WebhookView>), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
 pub(crate) async fn get(State(state): State<AppState>, access: OrgAccess) -> Result<impl IntoResponse, ApiError> {
     let hook = find(&state, &access).await?;
     Ok(Json(Envelope::new(WebhookView::from(&hook))))
 }
 
+#[utoipa::path(post, path = "/organizations/{orgId}/webhooks-outbound", tag = "webhooks", params(("orgId" = Uuid, Path, description = "The organization")),
+    request_body = super::openapi::CreateWebhook,
+    responses((status = 201, description = "Created; the only answer besides `/secret` that shows the secret", body = Envelope<WebhookView>), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 413, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     access: OrgAccess,
@@ -222,6 +231,10 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(Envelope::new(view))))
 }
 
+#[utoipa::path(patch, path = "/organizations/{orgId}/webhooks-outbound/{id}", tag = "webhooks", params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook")),
+    request_body = super::openapi::UpdateWebhook,
+    responses((status = 200, description = "Updated", body = Envelope<WebhookView>), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 413, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     access: OrgAccess,
@@ -274,6 +287,8 @@ pub(crate) async fn update(
     Ok(Json(Envelope::new(WebhookView::from(&update.webhook))))
 }
 
+#[utoipa::path(delete, path = "/organizations/{orgId}/webhooks-outbound/{id}", tag = "webhooks", params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook")),
+    responses((status = 204, description = "Deleted; its pending deliveries are cancelled"), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
 pub(crate) async fn delete(State(state): State<AppState>, access: OrgAccess) -> Result<impl IntoResponse, ApiError> {
     let id = access.id()?;
     if !state.store.delete_webhook(access.org, id, Timestamp::now()).await? {
@@ -283,11 +298,13 @@ pub(crate) async fn delete(State(state): State<AppState>, access: OrgAccess) -> 
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
-struct SecretView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SecretView {
     secret: String,
 }
 
+#[utoipa::path(get, path = "/organizations/{orgId}/webhooks-outbound/{id}/secret", tag = "webhooks", params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook")),
+    responses((status = 200, description = "The signing secret", body = Envelope<SecretView>), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
 pub(crate) async fn secret(State(state): State<AppState>, access: OrgAccess) -> Result<impl IntoResponse, ApiError> {
     let hook = find(&state, &access).await?;
     Ok(Json(Envelope::new(SecretView { secret: hook.secret.expose().to_string() })))

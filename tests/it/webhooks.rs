@@ -155,3 +155,25 @@ async fn health_ready_and_metrics_answer() {
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("mosend_webhooks_events_published_total"), "{metrics}");
 }
+
+#[tokio::test]
+async fn openapi_json_describes_every_endpoint_as_openapi_3_1() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let base = "/organizations/{orgId}/webhooks-outbound";
+    for (path, method) in [
+        (base.to_string(), "get"),
+        (base.to_string(), "post"),
+        (format!("{base}/{{id}}"), "get"),
+        (format!("{base}/{{id}}"), "patch"),
+        (format!("{base}/{{id}}"), "delete"),
+        (format!("{base}/{{id}}/deliveries"), "get"),
+        (format!("{base}/{{id}}/secret"), "get"),
+        ("/organizations/{orgId}/events".to_string(), "post"),
+    ] {
+        assert!(doc["paths"][&path][method].is_object(), "{method} {path} is documented");
+    }
+    assert_eq!(doc["paths"][base]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Envelope_WebhookView");
+    assert!(doc["components"]["securitySchemes"]["apiKey"].is_object());
+}
