@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{address::AllowList, event_type::Catalogue, retry::RetrySchedule};
-use crate::store::DisablePolicy;
+use crate::store::{DisablePolicy, EncryptionKey};
 
 /// Every setting, as given by flags and environment (clap) or by the TOML file (serde).
 /// Each is optional here; [`Config::resolve`] applies the precedence and the defaults.
@@ -58,6 +58,10 @@ pub struct Settings {
     /// `pretty` or `json`.
     #[arg(long, env = "MOSEND_WEBHOOKS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Standard base64 of 32 bytes sealing webhook secrets at rest. Without it, SQLite
+    /// uses (and first creates) the key file `<database>.key`.
+    #[arg(long, env = "MOSEND_WEBHOOKS_ENCRYPTION_KEY", global = true, hide_env_values = true)]
+    pub encryption_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,6 +96,7 @@ pub struct Config {
     pub lease_margin: Duration,
     pub log_format: LogFormat,
     pub idempotency_window: Duration,
+    pub encryption_key: Option<EncryptionKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +186,11 @@ impl Config {
             lease_margin,
             log_format,
             idempotency_window: Duration::from_secs(24 * 3600),
+            encryption_key: s
+                .encryption_key
+                .map(|k| EncryptionKey::parse(&k))
+                .transpose()
+                .map_err(|e| ConfigError::Invalid("encryption key", e))?,
         })
     }
 
@@ -206,6 +216,7 @@ fn merge(first: Settings, second: Settings) -> Settings {
         poll_interval: first.poll_interval.or(second.poll_interval),
         lease_margin: first.lease_margin.or(second.lease_margin),
         log_format: first.log_format.or(second.log_format),
+        encryption_key: first.encryption_key.or(second.encryption_key),
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn run(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = store::open(&config.database_url).await?;
+    let store = store::open(&config.database_url, config.encryption_key.as_ref()).await?;
     let worker_task = if role != Role::Api {
         let worker = worker(&config, store.clone())?;
         Some(tokio::spawn(worker.run(shutdown.clone())))

@@ -22,11 +22,15 @@ async fn main() -> anyhow::Result<()> {
             mosend_webhooks::run(config, role, None, shutdown).await.context("the service stopped with an error")?;
         }
         Command::Migrate => {
-            store::open(&config.database_url).await.context("migrating the database")?;
+            store::open(&config.database_url, config.encryption_key.as_ref())
+                .await
+                .context("migrating the database")?;
             println!("migrations applied to {}", mosend_webhooks::redact_url(&config.database_url));
         }
         Command::Keys(command) => {
-            let store = store::open(&config.database_url).await.context("opening the database")?;
+            let store = store::open(&config.database_url, config.encryption_key.as_ref())
+                .await
+                .context("opening the database")?;
             match command {
                 KeysCommand::Create(create) => {
                     let scope = match (create.scope.org, create.scope.platform) {

@@ -78,3 +78,10 @@ CREATE TABLE attempts (
     response_body  TEXT
 );
 CREATE INDEX attempts_by_delivery ON attempts (delivery_id, attempted_at);
+
+-- Facts about this database, such as the check value that proves the encryption key is
+-- the one its secrets were sealed with.
+CREATE TABLE meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);

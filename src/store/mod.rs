@@ -3,6 +3,7 @@
 //! delivery queue: deliveries are claimed in batches under a lease, sent with no
 //! transaction open, and their results recorded in a second short transaction.
 
+pub mod cipher;
 mod sqlite;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::domain::{
     webhook::{Format, Headers, Status, WebhookSecret},
 };
 
+pub use cipher::{Cipher, EncryptionKey};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +33,26 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL: {0}")]
     UnsupportedUrl(String),
+    #[error("encryption key file: {0}")]
+    KeyFile(std::io::Error),
+    #[error("the encryption key is not the one this database's secrets were sealed with")]
+    WrongKey,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Opens the backend named by `url` (`sqlite://…`), creating and migrating it.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+/// Opens the backend named by `url` (`sqlite://…`), creating and migrating it. Webhook
+/// secrets are sealed under `key`; without one, the key file beside the SQLite database is
+/// used, and created on first start.
+pub async fn open(url: &str, key: Option<&EncryptionKey>) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        let store = SqliteStore::open(url).await?;
+        let key = match key {
+            Some(k) => k.clone(),
+            None => sqlite::key_from_file(url)?,
+        };
+        let store = SqliteStore::open(url, Cipher::new(&key)).await?;
         store.migrate().await?;
+        store.check_key().await?;
         Ok(Arc::new(store))
     } else {
         Err(StoreError::UnsupportedUrl(format!(

@@ -13,6 +13,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::cipher::{Cipher, EncryptionKey};
 use super::{
     ApiKeyRecord, Attempt, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryQuery, DisablePolicy,
     NewEvent, NextStep, PublishedEvent, Result, Store, StoreError, Webhook, WebhookUpdate,
@@ -29,10 +30,51 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     signal: Arc<Notify>,
+    cipher: Cipher,
+}
+
+/// The key in the file beside the database (`<database>.key`), created on first use. An
+/// in-memory database gets a key that lives as long as the process.
+pub(super) fn key_from_file(url: &str) -> Result<EncryptionKey> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let db = options.get_filename();
+    if db.as_os_str().is_empty() || db.to_string_lossy().contains(":memory:") {
+        return Ok(EncryptionKey::generate());
+    }
+    let mut name = db.as_os_str().to_owned();
+    name.push(".key");
+    let path = std::path::PathBuf::from(name);
+    let (key, created) = EncryptionKey::load_or_create(&path).map_err(StoreError::KeyFile)?;
+    if created {
+        tracing::warn!(path = %path.display(), "no MOSEND_WEBHOOKS_ENCRYPTION_KEY configured: generated a key file for webhook secrets; back it up with the database");
+    }
+    Ok(key)
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> Result<Self> {
+    /// Proves the key is the one the database was first used with, by opening a value
+    /// sealed then (and sealing one on first use), so a wrong key fails at start, not on
+    /// the first delivery.
+    pub(super) async fn check_key(&self) -> Result<()> {
+        const CHECK: &str = "mosend-webhooks key check";
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'key_check'").fetch_optional(&self.writer).await?;
+        match stored {
+            Some(sealed) => match self.cipher.open(&sealed, "meta") {
+                Ok(text) if text == CHECK => Ok(()),
+                _ => Err(StoreError::WrongKey),
+            },
+            None => {
+                sqlx::query("INSERT INTO meta (key, value) VALUES ('key_check', ?)")
+                    .bind(self.cipher.seal(CHECK, "meta"))
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn open(url: &str, cipher: Cipher) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -42,7 +84,7 @@ impl SqliteStore {
         let writer =
             SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(options.clone()).await?;
         let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(false)).await?;
-        Ok(Self { writer, reader, signal: Arc::new(Notify::new()) })
+        Ok(Self { writer, reader, signal: Arc::new(Notify::new()), cipher })
     }
 }
 
@@ -63,13 +105,20 @@ fn opt_ts(row: &SqliteRow, col: &str) -> Result<Option<Timestamp>> {
     Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
 }
 
-fn webhook_from_row(row: &SqliteRow) -> Result<Webhook> {
+/// Opens a sealed webhook secret, bound to its webhook's id.
+fn open_secret(cipher: &Cipher, sealed: &str, webhook_id: Uuid) -> Result<WebhookSecret> {
+    let plain = cipher.open(sealed, &webhook_id.to_string()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    WebhookSecret::parse(&plain).map_err(|_| StoreError::Corrupt("webhook secret".into()))
+}
+
+fn webhook_from_row(row: &SqliteRow, cipher: &Cipher) -> Result<Webhook> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("webhook {what}"));
     let events: String = row.try_get("events")?;
     let headers: String = row.try_get("headers")?;
-    let secret: String = row.try_get("secret")?;
+    let sealed: String = row.try_get("secret")?;
+    let id = uuid(row, "id")?;
     Ok(Webhook {
-        id: uuid(row, "id")?,
+        id,
         org_id: uuid(row, "org_id")?,
         name: row.try_get("name")?,
         description: row.try_get("description")?,
@@ -80,7 +129,7 @@ fn webhook_from_row(row: &SqliteRow) -> Result<Webhook> {
         disabled_reason: row.try_get("disabled_reason")?,
         disabled_at: opt_ts(row, "disabled_at")?,
         headers: serde_json::from_str(&headers).map_err(|_| corrupt("headers"))?,
-        secret: WebhookSecret::parse(&secret).map_err(|_| corrupt("secret"))?,
+        secret: open_secret(cipher, &sealed, id)?,
         created_at: ts(row, "created_at")?,
         updated_at: ts(row, "updated_at")?,
     })
@@ -225,7 +274,7 @@ impl Store for SqliteStore {
         .bind(&w.disabled_reason)
         .bind(w.disabled_at.map(|t| t.0))
         .bind(to_json(&w.headers))
-        .bind(w.secret.expose())
+        .bind(self.cipher.seal(w.secret.expose(), &w.id.to_string()))
         .bind(w.created_at.0)
         .bind(w.updated_at.0)
         .execute(&self.writer)
@@ -238,7 +287,7 @@ impl Store for SqliteStore {
             .bind(org_id.to_string())
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(webhook_from_row).collect()
+        rows.iter().map(|r| webhook_from_row(r, &self.cipher)).collect()
     }
 
     async fn get_webhook(&self, org_id: Uuid, id: Uuid) -> Result<Option<Webhook>> {
@@ -247,7 +296,7 @@ impl Store for SqliteStore {
             .bind(org_id.to_string())
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(webhook_from_row).transpose()
+        row.as_ref().map(|r| webhook_from_row(r, &self.cipher)).transpose()
     }
 
     async fn update_webhook(&self, u: &WebhookUpdate) -> Result<bool> {
@@ -494,10 +543,11 @@ impl Store for SqliteStore {
             .map(|row| {
                 let corrupt = |what: &str| StoreError::Corrupt(format!("claimed delivery {what}"));
                 let headers: String = row.try_get("headers")?;
-                let secret: String = row.try_get("secret")?;
+                let sealed: String = row.try_get("secret")?;
+                let webhook_id = uuid(row, "webhook_id")?;
                 Ok(ClaimedDelivery {
                     id: uuid(row, "id")?,
-                    webhook_id: uuid(row, "webhook_id")?,
+                    webhook_id,
                     event_id: uuid(row, "event_id")?,
                     event_type: row.try_get("event_type")?,
                     event_data: row.try_get("data")?,
@@ -505,7 +555,7 @@ impl Store for SqliteStore {
                     attempts: row.try_get::<i64, _>("attempts")?.try_into().unwrap_or(u32::MAX),
                     url: row.try_get("url")?,
                     format: Format::parse(row.try_get("format")?).map_err(|_| corrupt("format"))?,
-                    secret: WebhookSecret::parse(&secret).map_err(|_| corrupt("secret"))?,
+                    secret: open_secret(&self.cipher, &sealed, webhook_id)?,
                     headers: serde_json::from_str::<Headers>(&headers).map_err(|_| corrupt("headers"))?,
                 })
             })

@@ -55,7 +55,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     settings.database_url = Some(format!("sqlite://{}", db_path.display()));
     adjust(&mut settings);
     let config = Config::resolve(settings, None).expect("test config is valid");
-    let store = mosend_webhooks::store::open(&config.database_url).await.expect("store opens");
+    let store =
+        mosend_webhooks::store::open(&config.database_url, config.encryption_key.as_ref()).await.expect("store opens");
     let platform_key = mosend_webhooks::keys::create(store.as_ref(), Scope::Platform, None).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -139,6 +139,8 @@ async fn serve_with_no_configuration_creates_the_database_in_the_working_directo
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(up, "no answer on 127.0.0.1:8080: {log_text}");
     assert!(dir.path().join("mosend-webhooks.db").exists());
+    assert!(dir.path().join("mosend-webhooks.db.key").exists(), "a key file for secrets at rest");
+    assert!(log_text.contains("generated a key file"), "{log_text}");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success());
@@ -270,7 +272,7 @@ async fn sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time() {
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(8));
     // The in-flight attempt finished and was recorded before the exit.
-    let store = mosend_webhooks::store::open(&db).await.unwrap();
+    let store = mosend_webhooks::store::open(&db, None).await.unwrap();
     let hook_id = Uuid::parse_str(hook["data"]["id"].as_str().unwrap()).unwrap();
     let rows = store
         .list_deliveries(hook_id, &mosend_webhooks::store::DeliveryQuery { limit: 5, ..Default::default() })

@@ -174,6 +174,57 @@ async fn openapi_json_describes_every_endpoint_as_openapi_3_1() {
     ] {
         assert!(doc["paths"][&path][method].is_object(), "{method} {path} is documented");
     }
-    assert_eq!(doc["paths"][base]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Envelope_WebhookView");
+    assert_eq!(
+        doc["paths"][base]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Envelope_WebhookView"
+    );
     assert!(doc["components"]["securitySchemes"]["apiKey"].is_object());
+}
+
+#[tokio::test]
+async fn webhook_secrets_are_encrypted_at_rest() {
+    let app = spawn_app().await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let hook = app.create_webhook(&key, org, "https://example.com/h", &["*"]).await;
+    let secret = hook["secret"].as_str().unwrap().to_string();
+    let (_, revealed) = app
+        .call("GET", &format!("{}/{}/secret", TestApp::hooks_path(org), hook["id"].as_str().unwrap()), &key, None)
+        .await;
+    assert_eq!(revealed["data"]["secret"], secret.as_str());
+    let raw = secret.strip_prefix("whsec_").unwrap().as_bytes();
+    let key_secret = key.split_once('.').unwrap().1.as_bytes();
+    let mut files = 0;
+    for entry in std::fs::read_dir(app.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("test.db")
+            && !path.to_string_lossy().ends_with(".key")
+        {
+            let bytes = std::fs::read(&path).unwrap();
+            files += 1;
+            assert!(!bytes.windows(raw.len()).any(|w| w == raw), "{} holds a webhook secret", path.display());
+            assert!(
+                !bytes.windows(key_secret.len()).any(|w| w == key_secret),
+                "{} holds an API key secret",
+                path.display()
+            );
+        }
+    }
+    assert!(files >= 1);
+    // The key file was generated beside the database, readable by its owner only.
+    let key_file = app.dir.path().join("test.db.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn a_wrong_encryption_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let a = mosend_webhooks::store::EncryptionKey::generate();
+    let b = mosend_webhooks::store::EncryptionKey::generate();
+    mosend_webhooks::store::open(&url, Some(&a)).await.unwrap();
+    assert!(mosend_webhooks::store::open(&url, Some(&a)).await.is_ok());
+    let err = mosend_webhooks::store::open(&url, Some(&b)).await.err().expect("a wrong key is refused");
+    assert!(err.to_string().contains("encryption key"), "{err}");
 }
