@@ -1,10 +1,10 @@
 -- Core schema for the embedded SQLite backend. Times are Unix milliseconds (INTEGER),
--- ids are hyphenated lowercase UUIDs (TEXT; v7, so their text order is their time order).
+-- ids are UUIDs as 16-byte BLOBs (v7, so their byte order is their time order).
 
 CREATE TABLE api_keys (
     prefix       TEXT PRIMARY KEY,
     secret_hash  BLOB NOT NULL,
-    org_id       TEXT,              -- NULL for a platform key
+    org_id       BLOB,              -- NULL for a platform key
     is_platform  INTEGER NOT NULL,
     name         TEXT,
     created_at   INTEGER NOT NULL,
@@ -12,8 +12,8 @@ CREATE TABLE api_keys (
 );
 
 CREATE TABLE webhooks (
-    id               TEXT PRIMARY KEY,
-    org_id           TEXT NOT NULL,
+    id               BLOB PRIMARY KEY,
+    org_id           BLOB NOT NULL,
     name             TEXT NOT NULL,
     description      TEXT,
     url              TEXT NOT NULL,
@@ -32,8 +32,8 @@ CREATE TABLE webhooks (
 CREATE INDEX webhooks_by_org ON webhooks (org_id, id);
 
 CREATE TABLE events (
-    id               TEXT PRIMARY KEY,
-    org_id           TEXT NOT NULL,
+    id               BLOB PRIMARY KEY,
+    org_id           BLOB NOT NULL,
     type             TEXT NOT NULL,
     data             TEXT NOT NULL,  -- the published `data` object, verbatim
     idempotency_key  TEXT,
@@ -41,12 +41,13 @@ CREATE TABLE events (
     created_at       INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX events_idempotency ON events (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX events_by_age ON events (created_at);
 
 CREATE TABLE deliveries (
-    id                  TEXT PRIMARY KEY,
-    webhook_id          TEXT NOT NULL,
-    org_id              TEXT NOT NULL,
-    event_id            TEXT NOT NULL REFERENCES events (id),
+    id                  BLOB PRIMARY KEY,
+    webhook_id          BLOB NOT NULL,
+    org_id              BLOB NOT NULL,
+    event_id            BLOB NOT NULL REFERENCES events (id),
     event_type          TEXT NOT NULL,
     status              TEXT NOT NULL,
     attempts            INTEGER NOT NULL DEFAULT 0,
@@ -56,7 +57,7 @@ CREATE TABLE deliveries (
     last_duration_ms    INTEGER,
     next_attempt_at     INTEGER,
     lease_until         INTEGER,
-    lease_token         TEXT,
+    lease_token         BLOB,
     created_at          INTEGER NOT NULL,
     updated_at          INTEGER NOT NULL,
     delivered_at        INTEGER
@@ -66,10 +67,11 @@ CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status IN ('pe
 CREATE INDEX deliveries_leased ON deliveries (webhook_id, lease_until) WHERE lease_until IS NOT NULL;
 -- The history endpoint: newest first per webhook.
 CREATE INDEX deliveries_history ON deliveries (webhook_id, id);
+CREATE INDEX deliveries_by_event ON deliveries (event_id);
 
 CREATE TABLE attempts (
-    id             TEXT PRIMARY KEY,
-    delivery_id    TEXT NOT NULL,
+    id             BLOB PRIMARY KEY,
+    delivery_id    BLOB NOT NULL,
     attempted_at   INTEGER NOT NULL,
     duration_ms    INTEGER NOT NULL,
     status_code    INTEGER,

@@ -4,6 +4,8 @@
 //! transaction open, and their results recorded in a second short transaction.
 
 pub mod cipher;
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::domain::{
 };
 
 pub use cipher::{Cipher, EncryptionKey};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub enum StoreError {
     KeyFile(std::io::Error),
     #[error("the encryption key is not the one this database's secrets were sealed with")]
     WrongKey,
+    #[error("PostgreSQL needs MOSEND_WEBHOOKS_ENCRYPTION_KEY (every instance must share it; there is no key file)")]
+    KeyRequired,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -54,12 +59,38 @@ pub async fn open(url: &str, key: Option<&EncryptionKey>) -> Result<Arc<dyn Stor
         store.migrate().await?;
         store.check_key().await?;
         Ok(Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let key = key.ok_or(StoreError::KeyRequired)?;
+        let store = PostgresStore::open(url, Cipher::new(key)).await?;
+        store.migrate().await?;
+        store.check_key().await?;
+        Ok(Arc::new(store))
     } else {
         Err(StoreError::UnsupportedUrl(format!(
-            "`{}`: only sqlite:// URLs are supported by this build",
+            "`{}`: use sqlite://path or postgres://…",
             url.split(['@', '?']).next().unwrap_or_default()
         )))
     }
+}
+
+/// Why a failing webhook is disabled now, if it is (SPEC §4): every attempt since
+/// `failing_since` failed, for at least `policy.after`, and at least `policy.min_attempts`.
+pub(crate) fn disable_reason(
+    policy: &DisablePolicy,
+    failing_since: i64,
+    now: i64,
+    failed: u32,
+    last_error: Option<&str>,
+) -> Option<String> {
+    let span = now.saturating_sub(failing_since);
+    let long_enough = span >= i64::try_from(policy.after.as_millis()).unwrap_or(i64::MAX);
+    (long_enough && failed >= policy.min_attempts).then(|| {
+        format!(
+            "every attempt failed for {} ({failed} attempts); last error: {}",
+            humantime::format_duration(Duration::from_secs(u64::try_from(span / 1000).unwrap_or(0))),
+            last_error.unwrap_or("unknown")
+        )
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -261,4 +292,7 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempt(&self, record: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>>;
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
+    /// Deletes up to `batch` finished events created before `cutoff`, with their
+    /// deliveries and attempts; returns how many events went.
+    async fn purge_older_than(&self, cutoff: Timestamp, batch: u32) -> Result<u64>;
 }

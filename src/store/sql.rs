@@ -1,0 +1,677 @@
+//! The SQL both backends share. SQLite and PostgreSQL run the same statements (`$n`
+//! placeholders work on both, and every column type decodes to the same Rust type), so the
+//! [`Store`](super::Store) implementation is written once here, as a macro expanded in
+//! each backend's module over its own pool and row types. What differs (connecting,
+//! migrations, the claim statement and its locking) lives in the backend modules, which
+//! provide `write_pool()`, `read_pool()`, `CLAIM_SQL` and `lock_claims()`.
+
+/// Expands the shared `Store` implementation for `$store`, whose database is `$db`.
+macro_rules! shared_store {
+    ($store:ty, $db:ty) => {
+        use std::time::Duration as __Duration;
+
+        use async_trait::async_trait;
+        use sqlx::Row as _;
+        use uuid::Uuid;
+
+        use crate::domain::{
+            api_key::Scope,
+            delivery::{DeliveryStatus, Outcome},
+            event_type,
+            time::Timestamp,
+            webhook::{Format, Headers, Status, WebhookSecret},
+        };
+        use crate::store::{
+            cipher::Cipher, ApiKeyRecord, Attempt, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryQuery,
+            DisablePolicy, NewEvent, NextStep, PublishedEvent, Result, Store, StoreError, Webhook, WebhookUpdate,
+        };
+
+        type Row = <$db as sqlx::Database>::Row;
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, format, status, disabled_reason, disabled_at, headers, secret, created_at, updated_at";
+        const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, last_status_code, last_error, last_response_body, last_duration_ms, next_attempt_at, created_at, updated_at, delivered_at";
+        const OPEN: &str = "('pending', 'retrying')";
+
+        fn ts(row: &Row, col: &str) -> Result<Timestamp> {
+            Ok(Timestamp(row.try_get(col)?))
+        }
+
+        fn opt_ts(row: &Row, col: &str) -> Result<Option<Timestamp>> {
+            Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
+        }
+
+        fn count(row: &Row, col: &str) -> Result<u32> {
+            Ok(u32::try_from(row.try_get::<i64, _>(col)?).unwrap_or(u32::MAX))
+        }
+
+        fn status_code(row: &Row, col: &str) -> Result<Option<u16>> {
+            Ok(row.try_get::<Option<i64>, _>(col)?.and_then(|c| u16::try_from(c).ok()))
+        }
+
+        fn to_json<T: serde::Serialize>(value: &T) -> String {
+            serde_json::to_string(value).expect("serialising strings and maps of strings cannot fail")
+        }
+
+        /// Opens a sealed webhook secret, bound to its webhook's id.
+        fn open_secret(cipher: &Cipher, sealed: &str, webhook_id: Uuid) -> Result<WebhookSecret> {
+            let plain = cipher.open(sealed, &webhook_id.to_string()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            WebhookSecret::parse(&plain).map_err(|_| StoreError::Corrupt("webhook secret".into()))
+        }
+
+        fn webhook_from_row(row: &Row, cipher: &Cipher) -> Result<Webhook> {
+            let corrupt = |what: &str| StoreError::Corrupt(format!("webhook {what}"));
+            let events: String = row.try_get("events")?;
+            let headers: String = row.try_get("headers")?;
+            let sealed: String = row.try_get("secret")?;
+            let id: Uuid = row.try_get("id")?;
+            Ok(Webhook {
+                id,
+                org_id: row.try_get("org_id")?,
+                name: row.try_get("name")?,
+                description: row.try_get("description")?,
+                url: row.try_get("url")?,
+                events: serde_json::from_str(&events).map_err(|_| corrupt("events"))?,
+                format: Format::parse(row.try_get("format")?).map_err(|_| corrupt("format"))?,
+                status: Status::parse(row.try_get("status")?).map_err(|_| corrupt("status"))?,
+                disabled_reason: row.try_get("disabled_reason")?,
+                disabled_at: opt_ts(row, "disabled_at")?,
+                headers: serde_json::from_str(&headers).map_err(|_| corrupt("headers"))?,
+                secret: open_secret(cipher, &sealed, id)?,
+                created_at: ts(row, "created_at")?,
+                updated_at: ts(row, "updated_at")?,
+            })
+        }
+
+        fn delivery_from_row(row: &Row) -> Result<Delivery> {
+            let status: String = row.try_get("status")?;
+            Ok(Delivery {
+                id: row.try_get("id")?,
+                webhook_id: row.try_get("webhook_id")?,
+                event_id: row.try_get("event_id")?,
+                event_type: row.try_get("event_type")?,
+                status: DeliveryStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status}")))?,
+                attempts: count(row, "attempts")?,
+                last_status_code: status_code(row, "last_status_code")?,
+                last_error: row.try_get("last_error")?,
+                last_response_body: row.try_get("last_response_body")?,
+                last_duration_ms: row.try_get("last_duration_ms")?,
+                next_attempt_at: opt_ts(row, "next_attempt_at")?,
+                created_at: ts(row, "created_at")?,
+                updated_at: ts(row, "updated_at")?,
+                delivered_at: opt_ts(row, "delivered_at")?,
+            })
+        }
+
+        fn api_key_from_row(row: &Row) -> Result<ApiKeyRecord> {
+            let scope = if row.try_get::<bool, _>("is_platform")? {
+                Scope::Platform
+            } else {
+                Scope::Organization(row.try_get("org_id")?)
+            };
+            Ok(ApiKeyRecord {
+                prefix: row.try_get("prefix")?,
+                secret_hash: row.try_get("secret_hash")?,
+                scope,
+                name: row.try_get("name")?,
+                created_at: ts(row, "created_at")?,
+                revoked_at: opt_ts(row, "revoked_at")?,
+            })
+        }
+
+        fn claimed_from_row(row: &Row, cipher: &Cipher) -> Result<ClaimedDelivery> {
+            let corrupt = |what: &str| StoreError::Corrupt(format!("claimed delivery {what}"));
+            let headers: String = row.try_get("headers")?;
+            let sealed: String = row.try_get("secret")?;
+            let webhook_id: Uuid = row.try_get("webhook_id")?;
+            Ok(ClaimedDelivery {
+                id: row.try_get("id")?,
+                webhook_id,
+                event_id: row.try_get("event_id")?,
+                event_type: row.try_get("event_type")?,
+                event_data: row.try_get("data")?,
+                event_created_at: ts(row, "event_created_at")?,
+                attempts: count(row, "attempts")?,
+                url: row.try_get("url")?,
+                format: Format::parse(row.try_get("format")?).map_err(|_| corrupt("format"))?,
+                secret: open_secret(cipher, &sealed, webhook_id)?,
+                headers: serde_json::from_str::<Headers>(&headers).map_err(|_| corrupt("headers"))?,
+            })
+        }
+
+        /// `($1, $2, …)` for `n` values starting at `$first`.
+        fn placeholders(first: usize, n: usize) -> String {
+            let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+            format!("({})", list.join(", "))
+        }
+
+        /// Cancels the open deliveries of a webhook (deleted or disabled).
+        async fn cancel_open(tx: &mut Conn, webhook_id: Uuid, at: Timestamp) -> Result<u64> {
+            let done = sqlx::query(&format!(
+                "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, lease_until = NULL, lease_token = NULL, updated_at = $1
+                 WHERE webhook_id = $2 AND status IN {OPEN}"
+            ))
+            .bind(at.0)
+            .bind(webhook_id)
+            .execute(&mut *tx)
+            .await?;
+            Ok(done.rows_affected())
+        }
+
+        async fn disable(tx: &mut Conn, webhook_id: Uuid, reason: &str, at: Timestamp) -> Result<bool> {
+            let done = sqlx::query(
+                "UPDATE webhooks SET status = 'disabled', disabled_reason = $1, disabled_at = $2, updated_at = $2
+                 WHERE id = $3 AND status != 'disabled'",
+            )
+            .bind(reason)
+            .bind(at.0)
+            .bind(webhook_id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+            cancel_open(tx, webhook_id, at).await?;
+            Ok(true)
+        }
+
+        /// Whether a database error is a unique-constraint violation (a lost race).
+        fn is_unique_violation(e: &StoreError) -> bool {
+            matches!(e, StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
+        }
+
+        impl $store {
+            /// Proves the key is the one the database was first used with, by opening a
+            /// value sealed then (and sealing one on first use), so a wrong key fails at
+            /// start, not on the first delivery.
+            pub(crate) async fn check_key(&self) -> Result<()> {
+                const CHECK: &str = "mosend-webhooks key check";
+                let stored: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'key_check'")
+                    .fetch_optional(self.write_pool())
+                    .await?;
+                match stored {
+                    Some(sealed) => match self.cipher.open(&sealed, "meta") {
+                        Ok(text) if text == CHECK => Ok(()),
+                        _ => Err(StoreError::WrongKey),
+                    },
+                    None => {
+                        sqlx::query("INSERT INTO meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING")
+                            .bind(self.cipher.seal(CHECK, "meta"))
+                            .execute(self.write_pool())
+                            .await?;
+                        // Another instance may have sealed its own check first: verify again.
+                        let sealed: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'key_check'")
+                            .fetch_one(self.write_pool())
+                            .await?;
+                        match self.cipher.open(&sealed, "meta") {
+                            Ok(text) if text == CHECK => Ok(()),
+                            _ => Err(StoreError::WrongKey),
+                        }
+                    }
+                }
+            }
+
+            async fn publish_once(&self, e: &NewEvent, window: __Duration) -> Result<PublishedEvent> {
+                let mut tx = self.write_pool().begin().await?;
+                if let Some(key) = &e.idempotency_key {
+                    let existing = sqlx::query(
+                        "SELECT id, type, created_at, deliveries FROM events WHERE org_id = $1 AND idempotency_key = $2",
+                    )
+                    .bind(e.org_id)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(row) = existing {
+                        let created_at = ts(&row, "created_at")?;
+                        if created_at > e.created_at.minus(window) {
+                            return Ok(PublishedEvent {
+                                id: row.try_get("id")?,
+                                event_type: row.try_get("type")?,
+                                created_at,
+                                deliveries: count(&row, "deliveries")?,
+                                duplicate: true,
+                            });
+                        }
+                        // Past the window the key is free again.
+                        sqlx::query("UPDATE events SET idempotency_key = NULL WHERE org_id = $1 AND idempotency_key = $2")
+                            .bind(e.org_id)
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                let candidates =
+                    sqlx::query("SELECT id, events FROM webhooks WHERE org_id = $1 AND status IN ('active', 'paused')")
+                        .bind(e.org_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let mut targets: Vec<Uuid> = Vec::new();
+                for row in &candidates {
+                    let events: Vec<String> = serde_json::from_str(row.try_get("events")?)
+                        .map_err(|_| StoreError::Corrupt("webhook events".into()))?;
+                    if event_type::matches(&events, &e.event_type) {
+                        targets.push(row.try_get("id")?);
+                    }
+                }
+                let deliveries = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+                sqlx::query(
+                    "INSERT INTO events (id, org_id, type, data, idempotency_key, deliveries, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(e.id)
+                .bind(e.org_id)
+                .bind(&e.event_type)
+                .bind(&e.data)
+                .bind(&e.idempotency_key)
+                .bind(i64::from(deliveries))
+                .bind(e.created_at.0)
+                .execute(&mut *tx)
+                .await?;
+                for webhook_id in &targets {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, webhook_id, org_id, event_id, event_type, status, next_attempt_at, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(webhook_id)
+                    .bind(e.org_id)
+                    .bind(e.id)
+                    .bind(&e.event_type)
+                    .bind(e.created_at.0)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(PublishedEvent {
+                    id: e.id,
+                    event_type: e.event_type.clone(),
+                    created_at: e.created_at,
+                    deliveries,
+                    duplicate: false,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn migrate(&self) -> Result<()> {
+                self.run_migrations().await
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(self.read_pool()).await?;
+                Ok(())
+            }
+
+            fn work_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+                self.signal.clone()
+            }
+
+            async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+                let (org, platform) = match key.scope {
+                    Scope::Platform => (None, true),
+                    Scope::Organization(org) => (Some(org), false),
+                };
+                sqlx::query(
+                    "INSERT INTO api_keys (prefix, secret_hash, org_id, is_platform, name, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&key.prefix)
+                .bind(&key.secret_hash)
+                .bind(org)
+                .bind(platform)
+                .bind(&key.name)
+                .bind(key.created_at.0)
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyRecord>> {
+                let row = sqlx::query("SELECT * FROM api_keys WHERE prefix = $1").bind(prefix).fetch_optional(self.read_pool()).await?;
+                row.as_ref().map(api_key_from_row).transpose()
+            }
+
+            async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+                let rows = sqlx::query("SELECT * FROM api_keys ORDER BY created_at, prefix").fetch_all(self.read_pool()).await?;
+                rows.iter().map(api_key_from_row).collect()
+            }
+
+            async fn revoke_api_key(&self, prefix: &str, at: Timestamp) -> Result<bool> {
+                let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2 AND revoked_at IS NULL")
+                    .bind(at.0)
+                    .bind(prefix)
+                    .execute(self.write_pool())
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn insert_webhook(&self, w: &Webhook) -> Result<()> {
+                sqlx::query(&format!(
+                    "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                ))
+                .bind(w.id)
+                .bind(w.org_id)
+                .bind(&w.name)
+                .bind(&w.description)
+                .bind(&w.url)
+                .bind(to_json(&w.events))
+                .bind(w.format.as_str())
+                .bind(w.status.as_str())
+                .bind(&w.disabled_reason)
+                .bind(w.disabled_at.map(|t| t.0))
+                .bind(to_json(&w.headers))
+                .bind(self.cipher.seal(w.secret.expose(), &w.id.to_string()))
+                .bind(w.created_at.0)
+                .bind(w.updated_at.0)
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn list_webhooks(&self, org_id: Uuid) -> Result<Vec<Webhook>> {
+                let rows = sqlx::query(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE org_id = $1 ORDER BY id"))
+                    .bind(org_id)
+                    .fetch_all(self.read_pool())
+                    .await?;
+                rows.iter().map(|r| webhook_from_row(r, &self.cipher)).collect()
+            }
+
+            async fn get_webhook(&self, org_id: Uuid, id: Uuid) -> Result<Option<Webhook>> {
+                let row = sqlx::query(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND org_id = $2"))
+                    .bind(id)
+                    .bind(org_id)
+                    .fetch_optional(self.read_pool())
+                    .await?;
+                row.as_ref().map(|r| webhook_from_row(r, &self.cipher)).transpose()
+            }
+
+            async fn update_webhook(&self, u: &WebhookUpdate) -> Result<bool> {
+                let w = &u.webhook;
+                let mut tx = self.write_pool().begin().await?;
+                let done = sqlx::query(
+                    "UPDATE webhooks SET name = $1, description = $2, url = $3, events = $4, format = $5, status = $6,
+                     disabled_reason = $7, disabled_at = $8, headers = $9, updated_at = $10,
+                     failing_since = CASE WHEN $11 THEN NULL ELSE failing_since END,
+                     failed_attempts = CASE WHEN $11 THEN 0 ELSE failed_attempts END
+                     WHERE id = $12 AND org_id = $13",
+                )
+                .bind(&w.name)
+                .bind(&w.description)
+                .bind(&w.url)
+                .bind(to_json(&w.events))
+                .bind(w.format.as_str())
+                .bind(w.status.as_str())
+                .bind(&w.disabled_reason)
+                .bind(w.disabled_at.map(|t| t.0))
+                .bind(to_json(&w.headers))
+                .bind(w.updated_at.0)
+                .bind(u.reset_failures)
+                .bind(w.id)
+                .bind(w.org_id)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                if u.cancel_open_deliveries {
+                    cancel_open(&mut tx, w.id, w.updated_at).await?;
+                }
+                tx.commit().await?;
+                // A resumed webhook's held deliveries are due now.
+                self.signal.notify_one();
+                Ok(true)
+            }
+
+            async fn delete_webhook(&self, org_id: Uuid, id: Uuid, at: Timestamp) -> Result<bool> {
+                let mut tx = self.write_pool().begin().await?;
+                let done = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND org_id = $2")
+                    .bind(id)
+                    .bind(org_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                cancel_open(&mut tx, id, at).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn publish_event(&self, e: &NewEvent, window: __Duration) -> Result<PublishedEvent> {
+                // Two publishes with one new idempotency key may race (several instances on
+                // PostgreSQL): the loser's insert violates the unique index, and its retry
+                // finds the winner's event.
+                let published = match self.publish_once(e, window).await {
+                    Err(err) if e.idempotency_key.is_some() && is_unique_violation(&err) => {
+                        self.publish_once(e, window).await?
+                    }
+                    other => other?,
+                };
+                if published.deliveries > 0 && !published.duplicate {
+                    self.signal.notify_one();
+                }
+                Ok(published)
+            }
+
+            async fn list_deliveries(&self, webhook_id: Uuid, q: &DeliveryQuery) -> Result<Vec<Delivery>> {
+                let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = $1");
+                let mut n = 1;
+                let mut next = || {
+                    n += 1;
+                    n
+                };
+                if q.status.is_some() {
+                    sql.push_str(&format!(" AND status = ${}", next()));
+                }
+                if q.event_type.is_some() {
+                    sql.push_str(&format!(" AND event_type = ${}", next()));
+                }
+                if q.before.is_some() {
+                    sql.push_str(&format!(" AND id < ${}", next()));
+                }
+                sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
+                let mut query = sqlx::query(&sql).bind(webhook_id);
+                if let Some(s) = q.status {
+                    query = query.bind(s.as_str());
+                }
+                if let Some(t) = &q.event_type {
+                    query = query.bind(t);
+                }
+                if let Some(b) = q.before {
+                    query = query.bind(b);
+                }
+                let rows = query.bind(i64::from(q.limit)).fetch_all(self.read_pool()).await?;
+                rows.iter().map(delivery_from_row).collect()
+            }
+
+            async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>> {
+                let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1 AND webhook_id = $2"))
+                    .bind(id)
+                    .bind(webhook_id)
+                    .fetch_optional(self.read_pool())
+                    .await?;
+                row.as_ref().map(delivery_from_row).transpose()
+            }
+
+            async fn list_attempts(&self, delivery_id: Uuid) -> Result<Vec<Attempt>> {
+                let rows = sqlx::query("SELECT * FROM attempts WHERE delivery_id = $1 ORDER BY attempted_at, id")
+                    .bind(delivery_id)
+                    .fetch_all(self.read_pool())
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(Attempt {
+                            id: row.try_get("id")?,
+                            delivery_id: row.try_get("delivery_id")?,
+                            attempted_at: ts(row, "attempted_at")?,
+                            duration_ms: row.try_get("duration_ms")?,
+                            status_code: status_code(row, "status_code")?,
+                            outcome: row.try_get("outcome")?,
+                            error: row.try_get("error")?,
+                            response_body: row.try_get("response_body")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn claim_due(&self, r: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+                let mut tx = self.write_pool().begin().await?;
+                Self::lock_claims(&mut tx).await?;
+                // Due deliveries of active webhooks, at most `per_webhook` per webhook counting
+                // the ones already leased (in flight here or in another process).
+                let ids: Vec<Uuid> = sqlx::query_scalar(Self::CLAIM_SQL)
+                    .bind(r.now.0)
+                    .bind(i64::from(r.per_webhook))
+                    .bind(i64::from(r.batch))
+                    .bind(r.lease_until.0)
+                    .bind(r.token)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, e.data, e.created_at AS event_created_at,
+                            w.url, w.format, w.secret, w.headers
+                     FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
+                     WHERE d.id IN {}",
+                    placeholders(1, ids.len())
+                );
+                let mut query = sqlx::query(&sql);
+                for id in &ids {
+                    query = query.bind(id);
+                }
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows.iter().map(|row| claimed_from_row(row, &self.cipher)).collect()
+            }
+
+            async fn record_attempt(&self, a: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>> {
+                let now = a.attempted_at.plus(__Duration::from_millis(u64::try_from(a.duration_ms).unwrap_or(0)));
+                let (status, next_at, delivered_at) = match a.next {
+                    NextStep::Succeeded => (DeliveryStatus::Succeeded, None, Some(now.0)),
+                    NextStep::RetryAt(at) => (DeliveryStatus::Retrying, Some(at.0), None),
+                    NextStep::Failed => (DeliveryStatus::Failed, None, None),
+                };
+                let mut tx = self.write_pool().begin().await?;
+                // A delivery cancelled while its attempt was in flight stays cancelled; a lease
+                // lost to another worker (it expired) is not ours to record.
+                let done = sqlx::query(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_status_code = $1, last_error = $2,
+                         last_response_body = $3, last_duration_ms = $4, updated_at = $5,
+                         status = CASE WHEN status = 'cancelled' THEN status ELSE $6 END,
+                         next_attempt_at = CASE WHEN status = 'cancelled' THEN NULL ELSE $7 END,
+                         delivered_at = COALESCE(delivered_at, $8),
+                         lease_until = NULL, lease_token = NULL
+                     WHERE id = $9 AND (lease_token = $10 OR status = 'cancelled')",
+                )
+                .bind(a.status_code.map(i64::from))
+                .bind(&a.error)
+                .bind(&a.response_body)
+                .bind(a.duration_ms)
+                .bind(now.0)
+                .bind(status.as_str())
+                .bind(next_at)
+                .bind(delivered_at)
+                .bind(a.delivery_id)
+                .bind(a.token)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                sqlx::query(
+                    "INSERT INTO attempts (id, delivery_id, attempted_at, duration_ms, status_code, outcome, error, response_body)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(Uuid::now_v7())
+                .bind(a.delivery_id)
+                .bind(a.attempted_at.0)
+                .bind(a.duration_ms)
+                .bind(a.status_code.map(i64::from))
+                .bind(a.outcome.code())
+                .bind(&a.error)
+                .bind(&a.response_body)
+                .execute(&mut *tx)
+                .await?;
+
+                let mut disabled = None;
+                if a.outcome == Outcome::Success {
+                    sqlx::query("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0")
+                        .bind(a.webhook_id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    let streak = sqlx::query(
+                        "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1), failed_attempts = failed_attempts + 1
+                         WHERE id = $2 RETURNING failing_since, failed_attempts",
+                    )
+                    .bind(a.attempted_at.0)
+                    .bind(a.webhook_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let reason = if a.outcome == Outcome::Gone {
+                        Some("the receiver answered 410 Gone".to_string())
+                    } else if let Some(row) = streak {
+                        let since: i64 = row.try_get("failing_since")?;
+                        let failed = count(&row, "failed_attempts")?;
+                        crate::store::disable_reason(policy, since, now.0, failed, a.error.as_deref())
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = reason {
+                        if disable(&mut tx, a.webhook_id, &reason, now).await? {
+                            disabled = Some(reason);
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(disabled)
+            }
+
+            async fn release_leases(&self, token: Uuid) -> Result<u64> {
+                let done = sqlx::query("UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE lease_token = $1")
+                    .bind(token)
+                    .execute(self.write_pool())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn purge_older_than(&self, cutoff: Timestamp, batch: u32) -> Result<u64> {
+                // Oldest finished events first; an event goes with its deliveries and their
+                // attempts, and only once none of its deliveries is still open.
+                let mut tx = self.write_pool().begin().await?;
+                let events: Vec<Uuid> = sqlx::query_scalar(&format!(
+                    "SELECT e.id FROM events e WHERE e.created_at < $1
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status IN {OPEN})
+                     ORDER BY e.created_at LIMIT $2"
+                ))
+                .bind(cutoff.0)
+                .bind(i64::from(batch))
+                .fetch_all(&mut *tx)
+                .await?;
+                if events.is_empty() {
+                    return Ok(0);
+                }
+                let list = placeholders(1, events.len());
+                for sql in [
+                    format!("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN {list})"),
+                    format!("DELETE FROM deliveries WHERE event_id IN {list}"),
+                    format!("DELETE FROM events WHERE id IN {list}"),
+                ] {
+                    let mut query = sqlx::query(&sql);
+                    for id in &events {
+                        query = query.bind(id);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(events.len() as u64)
+            }
+        }
+    };
+}
+
+pub(crate) use shared_store;
