@@ -5,11 +5,11 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::both;
+use crate::helpers::{spawn_app, Backend, TestApp};
 
-#[tokio::test]
-async fn missing_malformed_wrong_and_revoked_keys_are_401() {
-    let app = spawn_app().await;
+async fn missing_malformed_wrong_and_revoked_keys_are_401(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let path = TestApp::hooks_path(org);
@@ -44,9 +44,10 @@ async fn missing_malformed_wrong_and_revoked_keys_are_401() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn an_organization_key_never_reaches_another_organization() {
-    let app = spawn_app().await;
+both!(missing_malformed_wrong_and_revoked_keys_are_401);
+
+async fn an_organization_key_never_reaches_another_organization(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (org_a, org_b) = (Uuid::now_v7(), Uuid::now_v7());
     let (key_a, key_b) = (app.org_key(org_a).await, app.org_key(org_b).await);
     let hook_b = app.create_webhook(&key_b, org_b, "https://example.com/b", &["*"]).await;
@@ -90,9 +91,10 @@ async fn an_organization_key_never_reaches_another_organization() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn an_organization_key_cannot_publish_events() {
-    let app = spawn_app().await;
+both!(an_organization_key_never_reaches_another_organization);
+
+async fn an_organization_key_cannot_publish_events(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let (status, body) = app
@@ -101,9 +103,10 @@ async fn an_organization_key_cannot_publish_events() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
 
-#[tokio::test]
-async fn checks_run_in_the_order_the_spec_fixes() {
-    let app = spawn_app().await;
+both!(an_organization_key_cannot_publish_events);
+
+async fn checks_run_in_the_order_the_spec_fixes(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (org, other) = (Uuid::now_v7(), Uuid::now_v7());
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/a", &["*"]).await;
@@ -143,3 +146,5 @@ async fn checks_run_in_the_order_the_spec_fixes() {
     assert_eq!(send(hook_path.clone(), Some(&key), json, b"{\"url\": ".to_vec()).await, 400);
     assert_eq!(send(hook_path, Some(&key), json, br#"{"url": 5}"#.to_vec()).await, 422);
 }
+
+both!(checks_run_in_the_order_the_spec_fixes);

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, spawn_app_with, wait_until, Reply, TestApp, TestReceiver};
+use crate::both;
+use crate::helpers::{spawn_app, spawn_app_with, wait_until, Backend, Reply, TestApp, TestReceiver};
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
@@ -30,9 +31,8 @@ fn id(v: &Value) -> &str {
     v["id"].as_str().unwrap()
 }
 
-#[tokio::test]
-async fn both_signatures_verify_independently_over_the_exact_bytes_received_in_both_formats() {
-    let app = spawn_app().await;
+async fn both_signatures_verify_independently_over_the_exact_bytes_received_in_both_formats(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let receiver = TestReceiver::start().await;
@@ -93,13 +93,14 @@ async fn both_signatures_verify_independently_over_the_exact_bytes_received_in_b
     }
 }
 
+both!(both_signatures_verify_independently_over_the_exact_bytes_received_in_both_formats);
+
 fn time_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-#[tokio::test]
-async fn a_receiver_failing_twice_then_succeeding_sees_three_attempts_with_the_same_webhook_id() {
-    let app = spawn_app().await;
+async fn a_receiver_failing_twice_then_succeeding_sees_three_attempts_with_the_same_webhook_id(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let receiver = TestReceiver::start_with(vec![Reply::Status(500), Reply::Status(503)], Reply::Status(204)).await;
@@ -125,9 +126,10 @@ async fn a_receiver_failing_twice_then_succeeding_sees_three_attempts_with_the_s
     assert_eq!(attempts["data"][0]["responseBody"], "ok");
 }
 
-#[tokio::test]
-async fn a_delivery_fails_after_the_schedule_is_exhausted() {
-    let app = spawn_app().await;
+both!(a_receiver_failing_twice_then_succeeding_sees_three_attempts_with_the_same_webhook_id);
+
+async fn a_delivery_fails_after_the_schedule_is_exhausted(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let receiver = TestReceiver::start_with(vec![], Reply::Status(500)).await;
@@ -140,9 +142,10 @@ async fn a_delivery_fails_after_the_schedule_is_exhausted() {
     assert_eq!(receiver.received().len(), 3);
 }
 
-#[tokio::test]
-async fn a_410_fails_the_delivery_at_once_and_disables_the_webhook() {
-    let app = spawn_app().await;
+both!(a_delivery_fails_after_the_schedule_is_exhausted);
+
+async fn a_410_fails_the_delivery_at_once_and_disables_the_webhook(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let receiver = TestReceiver::start_with(vec![], Reply::Status(410)).await;
@@ -160,9 +163,10 @@ async fn a_410_fails_the_delivery_at_once_and_disables_the_webhook() {
     assert_eq!(receiver.received().len(), 1);
 }
 
-#[tokio::test]
-async fn a_receiver_that_never_answers_is_cut_at_the_timeout_while_another_keeps_getting_deliveries() {
-    let app = spawn_app_with(|s| {
+both!(a_410_fails_the_delivery_at_once_and_disables_the_webhook);
+
+async fn a_receiver_that_never_answers_is_cut_at_the_timeout_while_another_keeps_getting_deliveries(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
         s.delivery_timeout = Some("1500ms".into());
         s.retry_schedule = Some("1h".into());
         s.per_webhook_concurrency = Some(2);
@@ -202,9 +206,10 @@ async fn a_receiver_that_never_answers_is_cut_at_the_timeout_while_another_keeps
     drop(list);
 }
 
-#[tokio::test]
-async fn redirects_are_not_followed() {
-    let app = spawn_app_with(|s| s.retry_schedule = Some("1h".into())).await;
+both!(a_receiver_that_never_answers_is_cut_at_the_timeout_while_another_keeps_getting_deliveries);
+
+async fn redirects_are_not_followed(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.retry_schedule = Some("1h".into())).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let target = TestReceiver::start().await;
@@ -217,9 +222,10 @@ async fn redirects_are_not_followed() {
     assert!(target.received().is_empty());
 }
 
-#[tokio::test]
-async fn at_most_4_kib_of_a_response_body_is_stored() {
-    let app = spawn_app().await;
+both!(redirects_are_not_followed);
+
+async fn at_most_4_kib_of_a_response_body_is_stored(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let mut body = vec![b'a'; 100_000];
@@ -234,9 +240,10 @@ async fn at_most_4_kib_of_a_response_body_is_stored() {
     assert_eq!(stored.chars().count(), 4096);
 }
 
-#[tokio::test]
-async fn retry_after_on_429_delays_the_next_attempt() {
-    let app = spawn_app().await;
+both!(at_most_4_kib_of_a_response_body_is_stored);
+
+async fn retry_after_on_429_delays_the_next_attempt(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let receiver =
@@ -249,9 +256,10 @@ async fn retry_after_on_429_delays_the_next_attempt() {
     assert!(gap >= Duration::from_millis(1900), "the schedule says 100 ms, Retry-After 2 s: waited {gap:?}");
 }
 
-#[tokio::test]
-async fn a_paused_webhook_holds_its_deliveries_and_sends_them_on_resume_to_its_new_url() {
-    let app = spawn_app().await;
+both!(retry_after_on_429_delays_the_next_attempt);
+
+async fn a_paused_webhook_holds_its_deliveries_and_sends_them_on_resume_to_its_new_url(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let old = TestReceiver::start().await;
@@ -279,9 +287,10 @@ async fn a_paused_webhook_holds_its_deliveries_and_sends_them_on_resume_to_its_n
     assert!(old.received().is_empty());
 }
 
-#[tokio::test]
-async fn deleting_or_disabling_a_webhook_cancels_its_open_deliveries() {
-    let app = spawn_app().await;
+both!(a_paused_webhook_holds_its_deliveries_and_sends_them_on_resume_to_its_new_url);
+
+async fn deleting_or_disabling_a_webhook_cancels_its_open_deliveries(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let receiver = TestReceiver::start().await;
@@ -334,9 +343,10 @@ async fn deleting_or_disabling_a_webhook_cancels_its_open_deliveries() {
     assert_eq!(got.len(), 1);
 }
 
-#[tokio::test]
-async fn a_webhook_that_keeps_failing_is_disabled_after_the_configured_period_and_attempts() {
-    let app = spawn_app_with(|s| {
+both!(deleting_or_disabling_a_webhook_cancels_its_open_deliveries);
+
+async fn a_webhook_that_keeps_failing_is_disabled_after_the_configured_period_and_attempts(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
         s.retry_schedule = Some("50ms,50ms,50ms,50ms".into());
         s.disable_after = Some("0s".into());
         s.disable_min_attempts = Some(3);
@@ -362,9 +372,10 @@ async fn a_webhook_that_keeps_failing_is_disabled_after_the_configured_period_an
     assert_eq!(list[0]["attempts"], 3);
 }
 
-#[tokio::test]
-async fn history_is_newest_first_filtered_and_paged_with_a_cursor() {
-    let app = spawn_app().await;
+both!(a_webhook_that_keeps_failing_is_disabled_after_the_configured_period_and_attempts);
+
+async fn history_is_newest_first_filtered_and_paged_with_a_cursor(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let receiver = TestReceiver::start().await;
@@ -421,9 +432,10 @@ async fn history_is_newest_first_filtered_and_paged_with_a_cursor() {
     assert_eq!(failed["data"], json!([]));
 }
 
-#[tokio::test]
-async fn a_refused_connection_is_recorded_and_retried() {
-    let app = spawn_app_with(|s| s.retry_schedule = Some("1h".into())).await;
+both!(history_is_newest_first_filtered_and_paged_with_a_cursor);
+
+async fn a_refused_connection_is_recorded_and_retried(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.retry_schedule = Some("1h".into())).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     // A port with nothing listening.
@@ -436,11 +448,12 @@ async fn a_refused_connection_is_recorded_and_retried() {
     assert!(list[0]["nextAttemptAt"].is_string());
 }
 
-#[tokio::test]
-async fn a_name_resolving_to_a_forbidden_address_is_blocked_at_connect_time() {
+both!(a_refused_connection_is_recorded_and_retried);
+
+async fn a_name_resolving_to_a_forbidden_address_is_blocked_at_connect_time(backend: Backend) {
     // Only ::1 is allowed: `localhost` is accepted at create time, but it resolves to
     // 127.0.0.1 too; a receiver on 127.0.0.1 only must not be reached.
-    let app = spawn_app_with(|s| {
+    let app = spawn_app_with(backend, |s| {
         s.allowed_private_cidrs = Some("::1/128".into());
         s.retry_schedule = Some("1h".into());
     })
@@ -455,3 +468,5 @@ async fn a_name_resolving_to_a_forbidden_address_is_blocked_at_connect_time() {
     assert!(err.contains("blocked") || err.to_lowercase().contains("connect"), "{err}");
     assert!(receiver.received().is_empty());
 }
+
+both!(a_name_resolving_to_a_forbidden_address_is_blocked_at_connect_time);

@@ -4,11 +4,11 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::both;
+use crate::helpers::{spawn_app, Backend, TestApp};
 
-#[tokio::test]
-async fn an_event_fans_out_to_exact_family_and_star_subscriptions_of_its_organization_only() {
-    let app = spawn_app().await;
+async fn an_event_fans_out_to_exact_family_and_star_subscriptions_of_its_organization_only(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (org, other) = (Uuid::now_v7(), Uuid::now_v7());
     let key = app.org_key(org).await;
     let other_key = app.org_key(other).await;
@@ -39,16 +39,18 @@ async fn an_event_fans_out_to_exact_family_and_star_subscriptions_of_its_organiz
     }
 }
 
-#[tokio::test]
-async fn an_organization_with_no_webhooks_gets_202_with_zero_deliveries() {
-    let app = spawn_app().await;
+both!(an_event_fans_out_to_exact_family_and_star_subscriptions_of_its_organization_only);
+
+async fn an_organization_with_no_webhooks_gets_202_with_zero_deliveries(backend: Backend) {
+    let app = spawn_app(backend).await;
     let published = app.publish(Uuid::now_v7(), "email.sent", json!({})).await;
     assert_eq!(published["deliveries"], 0);
 }
 
-#[tokio::test]
-async fn the_same_idempotency_key_answers_200_with_the_first_event_and_schedules_nothing() {
-    let app = spawn_app().await;
+both!(an_organization_with_no_webhooks_gets_202_with_zero_deliveries);
+
+async fn the_same_idempotency_key_answers_200_with_the_first_event_and_schedules_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/h", &["*"]).await;
@@ -94,9 +96,10 @@ async fn the_same_idempotency_key_answers_200_with_the_first_event_and_schedules
     assert_eq!(app.deliveries(&key, org, hook["id"].as_str().unwrap()).await.len(), 2, "one per distinct event");
 }
 
-#[tokio::test]
-async fn the_idempotency_window_expires() {
-    let app = crate::helpers::spawn_app_with(|_| {}).await;
+both!(the_same_idempotency_key_answers_200_with_the_first_event_and_schedules_nothing);
+
+async fn the_idempotency_window_expires(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(backend, |_| {}).await;
     // Drive the store directly with a tiny window to see a reused key accepted again.
     let org = Uuid::now_v7();
     let event = |id| mosend_webhooks::store::NewEvent {
@@ -115,3 +118,5 @@ async fn the_idempotency_window_expires() {
     let again = app.store.publish_event(&event(Uuid::now_v7()), window).await.unwrap();
     assert!(!again.duplicate && again.id != first.id);
 }
+
+both!(the_idempotency_window_expires);

@@ -21,15 +21,124 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Which database a test runs on. Every conformance test runs once per backend (see
+/// [`both!`]), so the two backends are held to the same behaviour by the same tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Defines `mod $name { sqlite, postgres }`: the test function `$name(backend)` run on each
+/// backend. PostgreSQL runs are skipped, loudly, when it cannot be reached, except under
+/// `CI=true`, where that is a failure.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::helpers::postgres_available().await {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            }
+        }
+    };
+}
+
+/// The server tests use (`MOSEND_WEBHOOKS_TEST_POSTGRES_URL`); each test creates its own
+/// database on it and drops it afterwards.
+pub fn postgres_admin_url() -> String {
+    std::env::var("MOSEND_WEBHOOKS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub async fn postgres_available() -> bool {
+    use sqlx::Connection;
+    match sqlx::PgConnection::connect(&postgres_admin_url()).await {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL is required under CI=true but cannot be reached at {}: {e}", postgres_admin_url())
+        }
+        Err(e) => {
+            eprintln!(
+                "\n!!! SKIPPED: PostgreSQL unreachable at {} ({e}); set MOSEND_WEBHOOKS_TEST_POSTGRES_URL !!!\n",
+                postgres_admin_url()
+            );
+            false
+        }
+    }
+}
+
+/// A fresh database for one test: a SQLite file in a temp dir, or a new PostgreSQL
+/// database (dropped on drop) with its encryption key.
+pub struct TestDb {
+    pub url: String,
+    pub encryption_key: Option<String>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend, dir: &std::path::Path) -> TestDb {
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.join("test.db").display()),
+                encryption_key: None,
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let admin = postgres_admin_url();
+                let name = format!("mw_test_{}", Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+                let mut url = url::Url::parse(&admin).expect("a valid PostgreSQL URL");
+                url.set_path(&format!("/{name}"));
+                TestDb {
+                    url: url.to_string(),
+                    encryption_key: Some(mosend_webhooks::store::EncryptionKey::generate().to_base64()),
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // Drop runs outside any async context we can block on: use a thread of its own.
+        let admin = postgres_admin_url();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub platform_key: String,
     pub client: reqwest::Client,
-    pub db_path: std::path::PathBuf,
+    pub backend: Backend,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<()>>,
+    // Last: dropped after the service stopped using it.
+    pub db: TestDb,
 }
 
 /// Settings every test starts from: local receivers allowed, tiny schedules.
@@ -44,15 +153,16 @@ pub fn test_settings() -> Settings {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
 }
 
-pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db_path = dir.path().join("test.db");
+    let db = TestDb::new(backend, dir.path()).await;
     let mut settings = test_settings();
-    settings.database_url = Some(format!("sqlite://{}", db_path.display()));
+    settings.database_url = Some(db.url.clone());
+    settings.encryption_key = db.encryption_key.clone();
     adjust(&mut settings);
     let config = Config::resolve(settings, None).expect("test config is valid");
     let store =
@@ -65,7 +175,17 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let handle = tokio::spawn(async move {
         mosend_webhooks::run(config, Role::All, Some(listener), token).await.expect("the service runs");
     });
-    TestApp { addr, store, platform_key, client: reqwest::Client::new(), db_path, dir, shutdown, handle: Some(handle) }
+    TestApp {
+        addr,
+        store,
+        platform_key,
+        client: reqwest::Client::new(),
+        backend,
+        dir,
+        shutdown,
+        handle: Some(handle),
+        db,
+    }
 }
 
 impl Drop for TestApp {

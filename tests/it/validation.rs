@@ -5,7 +5,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::both;
+use crate::helpers::{spawn_app, Backend, TestApp};
 
 fn valid() -> Value {
     json!({"name": "hook", "url": "https://example.com/hook", "events": ["email.sent"]})
@@ -23,9 +24,8 @@ fn without(field: &str) -> Value {
     v
 }
 
-#[tokio::test]
-async fn invalid_webhook_bodies_are_422_naming_the_field_and_store_nothing() {
-    let app = spawn_app_no_local().await;
+async fn invalid_webhook_bodies_are_422_naming_the_field_and_store_nothing(backend: Backend) {
+    let app = spawn_app_no_local(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let many_events: Vec<String> = (0..51).map(|i| format!("e{i}")).collect();
@@ -92,13 +92,14 @@ async fn invalid_webhook_bodies_are_422_naming_the_field_and_store_nothing() {
     assert_eq!(list["data"], json!([]), "no rejected request stored anything");
 }
 
-async fn spawn_app_no_local() -> TestApp {
-    crate::helpers::spawn_app_with(|s| s.allowed_private_cidrs = None).await
+both!(invalid_webhook_bodies_are_422_naming_the_field_and_store_nothing);
+
+async fn spawn_app_no_local(backend: Backend) -> TestApp {
+    crate::helpers::spawn_app_with(backend, |s| s.allowed_private_cidrs = None).await
 }
 
-#[tokio::test]
-async fn malformed_json_wrong_content_type_and_oversized_bodies_are_refused() {
-    let app = spawn_app().await;
+async fn malformed_json_wrong_content_type_and_oversized_bodies_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let url = app.url(&TestApp::hooks_path(org));
@@ -141,9 +142,10 @@ async fn malformed_json_wrong_content_type_and_oversized_bodies_are_refused() {
     assert_eq!(list["data"].as_array().unwrap().len(), 1, "only the valid create was stored");
 }
 
-#[tokio::test]
-async fn bad_uuids_unknown_routes_and_wrong_methods_answer_in_the_error_shape() {
-    let app = spawn_app().await;
+both!(malformed_json_wrong_content_type_and_oversized_bodies_are_refused);
+
+async fn bad_uuids_unknown_routes_and_wrong_methods_answer_in_the_error_shape(backend: Backend) {
+    let app = spawn_app(backend).await;
     let key = app.platform_key.clone();
     let (status, body) = app.call("GET", "/organizations/123/webhooks-outbound", &key, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -159,9 +161,10 @@ async fn bad_uuids_unknown_routes_and_wrong_methods_answer_in_the_error_shape() 
     assert_eq!(body["statusCode"], 405);
 }
 
-#[tokio::test]
-async fn invalid_events_are_422_and_schedule_nothing() {
-    let app = spawn_app().await;
+both!(bad_uuids_unknown_routes_and_wrong_methods_answer_in_the_error_shape);
+
+async fn invalid_events_are_422_and_schedule_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/h", &["*"]).await;
@@ -197,9 +200,10 @@ async fn invalid_events_are_422_and_schedule_nothing() {
     assert!(app.deliveries(&key, org, hook["id"].as_str().unwrap()).await.is_empty());
 }
 
-#[tokio::test]
-async fn bad_delivery_queries_are_422() {
-    let app = spawn_app().await;
+both!(invalid_events_are_422_and_schedule_nothing);
+
+async fn bad_delivery_queries_are_422(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/h", &["*"]).await;
@@ -212,3 +216,5 @@ async fn bad_delivery_queries_are_422() {
         app.call("GET", &format!("{base}?limit=250&status=pending&eventType=email.sent"), &key, None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+both!(bad_delivery_queries_are_422);

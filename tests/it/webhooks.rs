@@ -4,16 +4,16 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::both;
+use crate::helpers::{spawn_app, Backend, TestApp};
 
 fn is_rfc3339_millis_z(s: &str) -> bool {
     // 2026-05-01T03:42:18.123Z
     s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T' && s.as_bytes()[19] == b'.'
 }
 
-#[tokio::test]
-async fn create_answers_201_with_the_secret_in_an_envelope_and_list_never_shows_it() {
-    let app = spawn_app().await;
+async fn create_answers_201_with_the_secret_in_an_envelope_and_list_never_shows_it(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let (status, body) = app
@@ -57,18 +57,20 @@ async fn create_answers_201_with_the_secret_in_an_envelope_and_list_never_shows_
     assert!(is_rfc3339_millis_z(revealed["timestamp"].as_str().unwrap()));
 }
 
-#[tokio::test]
-async fn an_organization_without_webhooks_has_an_empty_list() {
-    let app = spawn_app().await;
+both!(create_answers_201_with_the_secret_in_an_envelope_and_list_never_shows_it);
+
+async fn an_organization_without_webhooks_has_an_empty_list(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let (status, body) = app.call("GET", &TestApp::hooks_path(org), &app.platform_key.clone(), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"], json!([]));
 }
 
-#[tokio::test]
-async fn patch_updates_only_the_given_fields_and_validates_them_like_create() {
-    let app = spawn_app().await;
+both!(an_organization_without_webhooks_has_an_empty_list);
+
+async fn patch_updates_only_the_given_fields_and_validates_them_like_create(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/a", &["email.sent"]).await;
@@ -102,9 +104,10 @@ async fn patch_updates_only_the_given_fields_and_validates_them_like_create() {
     assert_eq!(body["data"]["name"], "renamed");
 }
 
-#[tokio::test]
-async fn disabling_through_patch_sets_a_reason_and_reactivating_clears_it() {
-    let app = spawn_app().await;
+both!(patch_updates_only_the_given_fields_and_validates_them_like_create);
+
+async fn disabling_through_patch_sets_a_reason_and_reactivating_clears_it(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/a", &["*"]).await;
@@ -119,9 +122,10 @@ async fn disabling_through_patch_sets_a_reason_and_reactivating_clears_it() {
     assert_eq!(body["data"]["disabledAt"], json!(null));
 }
 
-#[tokio::test]
-async fn delete_answers_204_then_the_webhook_is_gone() {
-    let app = spawn_app().await;
+both!(disabling_through_patch_sets_a_reason_and_reactivating_clears_it);
+
+async fn delete_answers_204_then_the_webhook_is_gone(backend: Backend) {
+    let app = spawn_app(backend).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/a", &["*"]).await;
@@ -143,9 +147,10 @@ async fn delete_answers_204_then_the_webhook_is_gone() {
     assert_eq!(list["data"], json!([]));
 }
 
-#[tokio::test]
-async fn health_ready_and_metrics_answer() {
-    let app = spawn_app().await;
+both!(delete_answers_204_then_the_webhook_is_gone);
+
+async fn health_ready_and_metrics_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let ready = app.client.get(app.url("/ready")).send().await.unwrap();
@@ -156,9 +161,10 @@ async fn health_ready_and_metrics_answer() {
     assert!(metrics.contains("mosend_webhooks_events_published_total"), "{metrics}");
 }
 
-#[tokio::test]
-async fn openapi_json_describes_every_endpoint_as_openapi_3_1() {
-    let app = spawn_app().await;
+both!(health_ready_and_metrics_answer);
+
+async fn openapi_json_describes_every_endpoint_as_openapi_3_1(backend: Backend) {
+    let app = spawn_app(backend).await;
     let doc: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let base = "/organizations/{orgId}/webhooks-outbound";
@@ -181,9 +187,11 @@ async fn openapi_json_describes_every_endpoint_as_openapi_3_1() {
     assert!(doc["components"]["securitySchemes"]["apiKey"].is_object());
 }
 
+both!(openapi_json_describes_every_endpoint_as_openapi_3_1);
+
 #[tokio::test]
-async fn webhook_secrets_are_encrypted_at_rest() {
-    let app = spawn_app().await;
+async fn webhook_secrets_are_encrypted_at_rest_in_the_sqlite_files() {
+    let app = spawn_app(Backend::Sqlite).await;
     let org = Uuid::now_v7();
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/h", &["*"]).await;
@@ -217,10 +225,10 @@ async fn webhook_secrets_are_encrypted_at_rest() {
     assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
-#[tokio::test]
-async fn a_wrong_encryption_key_is_refused_at_start() {
+async fn a_wrong_encryption_key_is_refused_at_start(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let db = crate::helpers::TestDb::new(backend, dir.path()).await;
+    let url = db.url.clone();
     let a = mosend_webhooks::store::EncryptionKey::generate();
     let b = mosend_webhooks::store::EncryptionKey::generate();
     mosend_webhooks::store::open(&url, Some(&a)).await.unwrap();
@@ -228,3 +236,5 @@ async fn a_wrong_encryption_key_is_refused_at_start() {
     let err = mosend_webhooks::store::open(&url, Some(&b)).await.err().expect("a wrong key is refused");
     assert!(err.to_string().contains("encryption key"), "{err}");
 }
+
+both!(a_wrong_encryption_key_is_refused_at_start);
