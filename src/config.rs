@@ -58,6 +58,12 @@ pub struct Settings {
     /// `pretty` or `json`.
     #[arg(long, env = "MOSEND_WEBHOOKS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Events, deliveries and attempts older than this are purged, e.g. `30d`.
+    #[arg(long, env = "MOSEND_WEBHOOKS_RETENTION", global = true)]
+    pub retention: Option<String>,
+    /// How often the worker purges expired history, e.g. `10m`.
+    #[arg(long, env = "MOSEND_WEBHOOKS_RETENTION_INTERVAL", global = true)]
+    pub retention_interval: Option<String>,
     /// Standard base64 of 32 bytes sealing webhook secrets at rest. Without it, SQLite
     /// uses (and first creates) the key file `<database>.key`.
     #[arg(long, env = "MOSEND_WEBHOOKS_ENCRYPTION_KEY", global = true, hide_env_values = true)]
@@ -97,6 +103,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub idempotency_window: Duration,
     pub encryption_key: Option<EncryptionKey>,
+    pub retention: Duration,
+    pub retention_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +194,8 @@ impl Config {
             lease_margin,
             log_format,
             idempotency_window: Duration::from_secs(24 * 3600),
+            retention: duration("retention", s.retention, "30d")?,
+            retention_interval: duration("retention interval", s.retention_interval, "10m")?,
             encryption_key: s
                 .encryption_key
                 .map(|k| EncryptionKey::parse(&k))
@@ -217,6 +227,8 @@ fn merge(first: Settings, second: Settings) -> Settings {
         lease_margin: first.lease_margin.or(second.lease_margin),
         log_format: first.log_format.or(second.log_format),
         encryption_key: first.encryption_key.or(second.encryption_key),
+        retention: first.retention.or(second.retention),
+        retention_interval: first.retention_interval.or(second.retention_interval),
     }
 }
 

@@ -77,6 +77,8 @@ pub fn worker(config: &Config, store: Arc<dyn Store>) -> Result<Worker, RunError
             schedule: config.retry_schedule.clone(),
             disable: config.disable,
             drain_timeout: config.delivery_timeout + Duration::from_secs(2),
+            retention: config.retention,
+            retention_interval: config.retention_interval,
         },
     ))
 }

@@ -36,6 +36,10 @@ pub struct WorkerConfig {
     pub disable: DisablePolicy,
     /// How long to wait for in-flight attempts on shutdown before giving their leases back.
     pub drain_timeout: Duration,
+    /// History older than this is purged…
+    pub retention: Duration,
+    /// …this often.
+    pub retention_interval: Duration,
 }
 
 pub struct Worker {
@@ -58,6 +62,12 @@ impl Worker {
         let freed = Arc::new(Notify::new());
         let signal = this.store.work_signal();
         let tracker = TaskTracker::new();
+        tracker.spawn(purge_history(
+            this.store.clone(),
+            this.config.retention,
+            this.config.retention_interval,
+            shutdown.clone(),
+        ));
         info!(token = %this.token, "delivery worker started");
         while !shutdown.is_cancelled() {
             let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX).min(this.config.batch);
@@ -167,6 +177,40 @@ impl Worker {
                     None => NextStep::Failed,
                 }
             }
+        }
+    }
+}
+
+/// Deletes history past the retention age, in small batches (each its own short
+/// transaction) so deliveries are never held up behind one long delete.
+async fn purge_history(store: Arc<dyn Store>, retention: Duration, every: Duration, shutdown: CancellationToken) {
+    const BATCH: u32 = 500;
+    loop {
+        let cutoff = Timestamp::now().minus(retention);
+        let mut purged = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match store.purge_older_than(cutoff, BATCH).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    purged += n;
+                    // Let deliveries have the database between batches.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "purging history failed; trying again later");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            info!(events = purged, "purged history past the retention age");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -336,6 +336,29 @@ struct ReceiverState {
     script: VecDeque<Reply>,
     default: Option<Reply>,
     received: Vec<Received>,
+    /// Delivery ids whose request is being answered now.
+    in_flight: std::collections::HashMap<String, usize>,
+    /// Requests that arrived while the same delivery was already in flight.
+    overlaps: usize,
+    max_in_flight: usize,
+}
+
+/// Removes a delivery from the in-flight set when its request ends, however it ends.
+struct InFlight {
+    state: Arc<Mutex<ReceiverState>>,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap();
+        if let Some(n) = s.in_flight.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                s.in_flight.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// A real HTTP receiver on 127.0.0.1: records every request, answers from a script, then
@@ -356,7 +379,7 @@ impl TestReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state =
-            Arc::new(Mutex::new(ReceiverState { script: script.into(), default: Some(default), received: vec![] }));
+            Arc::new(Mutex::new(ReceiverState { script: script.into(), default: Some(default), ..Default::default() }));
         let (count, _) = watch::channel(0);
         let receiver = TestReceiver { addr, state, count };
         let app = Router::new().fallback(handle).with_state(receiver.clone());
@@ -378,6 +401,16 @@ impl TestReceiver {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// How many requests arrived while the same delivery was already being answered.
+    pub fn overlaps(&self) -> usize {
+        self.state.lock().unwrap().overlaps
+    }
+
+    /// The most requests answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+
     /// Waits until at least `n` requests arrived; returns them all.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let mut rx = self.count.subscribe();
@@ -388,8 +421,17 @@ impl TestReceiver {
 }
 
 async fn handle(State(r): State<TestReceiver>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    let delivery = headers.get("x-mosend-delivery").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let _guard = InFlight { state: r.state.clone(), id: delivery.clone() };
     let reply = {
         let mut s = r.state.lock().unwrap();
+        let n = s.in_flight.entry(delivery).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            s.overlaps += 1;
+        }
+        let total: usize = s.in_flight.values().sum();
+        s.max_in_flight = s.max_in_flight.max(total);
         s.received.push(Received { headers, body, at: Instant::now() });
         let reply = s.script.pop_front().or_else(|| s.default.clone()).unwrap_or(Reply::Status(200));
         r.count.send_replace(s.received.len());

@@ -10,5 +10,7 @@ mod auth;
 mod delivery;
 mod events;
 mod process;
+mod retention;
+mod scale;
 mod validation;
 mod webhooks;

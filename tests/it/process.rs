@@ -11,12 +11,13 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{wait_until, Reply, TestReceiver};
+use crate::both;
+use crate::helpers::{wait_until, Backend, Reply, TestDb, TestReceiver};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mosend-webhooks");
 
 /// A command for the binary with no `MOSEND_WEBHOOKS_*` from the outside.
-fn command(dir: &Path) -> Command {
+pub fn command(dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.current_dir(dir);
     for (k, _) in std::env::vars() {
@@ -27,8 +28,18 @@ fn command(dir: &Path) -> Command {
     c
 }
 
-fn cli(dir: &Path, db: &str, args: &[&str]) -> (bool, String, String) {
-    let out = command(dir).env("MOSEND_WEBHOOKS_DATABASE_URL", db).args(args).output().expect("the binary runs");
+/// A command for the binary pointed at a test database.
+pub fn command_on(dir: &Path, db: &TestDb) -> Command {
+    let mut c = command(dir);
+    c.env("MOSEND_WEBHOOKS_DATABASE_URL", &db.url);
+    if let Some(key) = &db.encryption_key {
+        c.env("MOSEND_WEBHOOKS_ENCRYPTION_KEY", key);
+    }
+    c
+}
+
+pub fn cli(dir: &Path, db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = command_on(dir, db).args(args).output().expect("the binary runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -36,28 +47,27 @@ fn cli(dir: &Path, db: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn create_key(dir: &Path, db: &str, args: &[&str]) -> String {
+pub fn create_key(dir: &Path, db: &TestDb, args: &[&str]) -> String {
     let (ok, stdout, stderr) = cli(dir, db, args);
     assert!(ok, "{stderr}");
     stdout.lines().last().expect("the key is the last line").trim().to_string()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub log: PathBuf,
 }
 
 impl Server {
-    async fn start(dir: &Path, db: &str, port: u16, extra: &[(&str, &str)]) -> Server {
+    pub async fn start(dir: &Path, db: &TestDb, port: u16, extra: &[(&str, &str)]) -> Server {
         let log = dir.join(format!("server-{}.log", Uuid::now_v7()));
-        let mut c = command(dir);
+        let mut c = command_on(dir, db);
         c.arg("serve")
-            .env("MOSEND_WEBHOOKS_DATABASE_URL", db)
             .env("MOSEND_WEBHOOKS_LISTEN", format!("127.0.0.1:{port}"))
             .env("MOSEND_WEBHOOKS_ALLOWED_PRIVATE_CIDRS", "127.0.0.0/8")
             .env("MOSEND_WEBHOOKS_POLL_INTERVAL", "25ms")
@@ -83,12 +93,12 @@ impl Server {
         assert!(up, "the server never became healthy: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
     }
 
-    fn signal(&self, s: Signal) {
+    pub fn signal(&self, s: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), s).unwrap();
     }
 
     /// Waits for exit; returns the status and how long it took.
-    async fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    pub async fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -114,7 +124,7 @@ impl Drop for Server {
     }
 }
 
-async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> (u16, Value) {
+pub async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> (u16, Value) {
     let resp = client.post(url).header("X-Api-Key", key).json(&body).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
@@ -149,7 +159,7 @@ async fn serve_with_no_configuration_creates_the_database_in_the_working_directo
 #[tokio::test]
 async fn the_keys_cli_creates_lists_and_revokes_keys_and_prints_each_key_once() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let db = TestDb::new(Backend::Sqlite, dir.path()).await;
     let (ok, out, _) = cli(dir.path(), &db, &["migrate"]);
     assert!(ok, "{out}");
     let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
@@ -168,7 +178,7 @@ async fn the_keys_cli_creates_lists_and_revokes_keys_and_prints_each_key_once() 
     assert!(listing.contains("platform"));
     assert!(!listing.contains(org_key.split_once('.').unwrap().1), "secrets never listed");
     // The database holds no key secret.
-    let bytes = std::fs::read(dir.path().join("k.db")).unwrap();
+    let bytes = std::fs::read(dir.path().join("test.db")).unwrap();
     let secret = org_key.split_once('.').unwrap().1.as_bytes();
     assert!(!bytes.windows(secret.len()).any(|w| w == secret));
 
@@ -186,10 +196,9 @@ async fn the_keys_cli_creates_lists_and_revokes_keys_and_prints_each_key_once() 
     assert!(!ok);
 }
 
-#[tokio::test]
-async fn a_server_killed_mid_delivery_loses_no_event_that_got_a_202() {
+async fn a_server_killed_mid_delivery_loses_no_event_that_got_a_202(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let db = TestDb::new(backend, dir.path()).await;
     let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
     let org = Uuid::now_v7();
     let org_key = create_key(dir.path(), &db, &["keys", "create", "--org", &org.to_string()]);
@@ -242,10 +251,11 @@ async fn a_server_killed_mid_delivery_loses_no_event_that_got_a_202() {
     assert!(all_arrived, "every accepted event was delivered after the restart");
 }
 
-#[tokio::test]
-async fn sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time() {
+both!(a_server_killed_mid_delivery_loses_no_event_that_got_a_202);
+
+async fn sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("term.db").display());
+    let db = TestDb::new(backend, dir.path()).await;
     let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
     let org = Uuid::now_v7();
     let receiver = TestReceiver::start_with(vec![], Reply::Delayed(Duration::from_millis(800), 200)).await;
@@ -272,7 +282,8 @@ async fn sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time() {
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(8));
     // The in-flight attempt finished and was recorded before the exit.
-    let store = mosend_webhooks::store::open(&db, None).await.unwrap();
+    let key = db.encryption_key.as_deref().map(|k| mosend_webhooks::store::EncryptionKey::parse(k).unwrap());
+    let store = mosend_webhooks::store::open(&db.url, key.as_ref()).await.unwrap();
     let hook_id = Uuid::parse_str(hook["data"]["id"].as_str().unwrap()).unwrap();
     let rows = store
         .list_deliveries(hook_id, &mosend_webhooks::store::DeliveryQuery { limit: 5, ..Default::default() })
@@ -281,10 +292,12 @@ async fn sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time() {
     assert_eq!(rows[0].status, mosend_webhooks::domain::delivery::DeliveryStatus::Succeeded);
 }
 
+both!(sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time);
+
 #[tokio::test]
 async fn no_secret_reaches_the_log_even_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("log.db").display());
+    let db = TestDb::new(Backend::Sqlite, dir.path()).await;
     let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
     let org = Uuid::now_v7();
     let org_key = create_key(dir.path(), &db, &["keys", "create", "--org", &org.to_string()]);
