@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 /// The advisory lock key claimers take (an arbitrary constant: "mwclaim" in ASCII).
-const CLAIM_LOCK: i64 = 0x6d77_636c_6169_6d;
+const CLAIM_LOCK: i64 = 0x006d_7763_6c61_696d;
 
 pub struct PostgresStore {
     pool: PgPool,
