@@ -26,6 +26,7 @@ CREATE TABLE webhooks (
     secret           TEXT NOT NULL,  -- sealed
     failing_since    BIGINT,
     failed_attempts  BIGINT NOT NULL DEFAULT 0,
+    version          BIGINT NOT NULL DEFAULT 0,  -- bumped by every write: optimistic concurrency
     created_at       BIGINT NOT NULL,
     updated_at       BIGINT NOT NULL
 );

@@ -26,6 +26,7 @@ CREATE TABLE webhooks (
     secret           TEXT NOT NULL,
     failing_since    INTEGER,        -- first failed attempt since the last success
     failed_attempts  INTEGER NOT NULL DEFAULT 0,
+    version          INTEGER NOT NULL DEFAULT 0,  -- bumped by every write: optimistic concurrency
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL
 );

@@ -71,7 +71,13 @@ pub(crate) struct Page<T> {
 fn parse_query(raw: Option<&str>) -> Result<DeliveryQuery, ApiError> {
     let mut q = DeliveryQuery { limit: LIMIT_DEFAULT, ..Default::default() };
     let mut errors = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     for (name, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if seen.iter().any(|s| *s == name) {
+            errors.push(FieldError::new(name.as_ref(), "is given more than once"));
+            continue;
+        }
+        seen.push(name.to_string());
         match name.as_ref() {
             "status" => match DeliveryStatus::parse(&value) {
                 Some(s) => q.status = Some(s),

@@ -1,8 +1,6 @@
 //! `POST /organizations/{orgId}/events`: the platform publishes an event; it is stored with
 //! one delivery per matching webhook before the answer (SPEC §3).
 
-use std::collections::BTreeMap;
-
 use axum::{
     body::Body,
     extract::State,
@@ -11,12 +9,12 @@ use axum::{
     Json,
 };
 use serde::Serialize;
-use serde_json::value::RawValue;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
     error::{ApiError, FieldError},
-    extract::{json_error, read_body, OrgAccess},
+    extract::{parse_members, read_body, OrgAccess},
     AppState, Envelope,
 };
 use crate::domain::{api_key::Scope, time::Timestamp};
@@ -63,37 +61,27 @@ pub(crate) async fn publish(
         return Err(ApiError::Forbidden("only a platform key may publish events".into()));
     }
     let bytes = read_body(&headers, body, state.max_body).await?;
-    // Keeps `data` as the exact JSON text published, so receivers get it verbatim.
-    let fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
     let mut errors = Vec::new();
     let mut event_type = None;
     let mut data = None;
     let mut body_key = None;
-    for (name, raw) in &fields {
-        match name.as_str() {
-            "type" => match serde_json::from_str::<String>(raw.get()) {
-                Ok(t) => match state.catalogue.check_publishable(&t) {
-                    Ok(()) => event_type = Some(t),
-                    Err(m) => errors.push(FieldError::new("type", m)),
-                },
-                Err(_) => errors.push(FieldError::new("type", "must be a string")),
+    for (name, raw, value) in parse_members(&bytes)? {
+        match (name.as_str(), value) {
+            ("type", Value::String(t)) => match state.catalogue.check_publishable(&t) {
+                Ok(()) => event_type = Some(t),
+                Err(m) => errors.push(FieldError::new("type", m)),
             },
-            "data" => {
-                if raw.get().starts_with('{') {
-                    data = Some(raw.get().to_string());
-                } else {
-                    errors.push(FieldError::new("data", "must be a JSON object"));
-                }
-            }
-            "idempotencyKey" => match serde_json::from_str::<Option<String>>(raw.get()) {
-                Ok(Some(k)) => match check_idempotency_key(&k) {
-                    Ok(()) => body_key = Some(k),
-                    Err(m) => errors.push(FieldError::new("idempotencyKey", m)),
-                },
-                Ok(None) => {}
-                Err(_) => errors.push(FieldError::new("idempotencyKey", "must be a string")),
+            ("type", _) => errors.push(FieldError::new("type", "must be a string")),
+            // Kept as the exact JSON text published, so receivers get it verbatim.
+            ("data", Value::Object(_)) => data = Some(raw.get().to_string()),
+            ("data", _) => errors.push(FieldError::new("data", "must be a JSON object")),
+            ("idempotencyKey", Value::String(k)) => match check_idempotency_key(&k) {
+                Ok(()) => body_key = Some(k),
+                Err(m) => errors.push(FieldError::new("idempotencyKey", m)),
             },
-            other => errors.push(FieldError::new(other, "unknown field")),
+            ("idempotencyKey", Value::Null) => {}
+            ("idempotencyKey", _) => errors.push(FieldError::new("idempotencyKey", "must be a string")),
+            (other, _) => errors.push(FieldError::new(other, "unknown field")),
         }
     }
     for (field, present) in [("type", event_type.is_some()), ("data", data.is_some())] {

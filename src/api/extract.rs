@@ -9,9 +9,14 @@ use axum::{
     http::{header, request::Parts, HeaderMap},
 };
 use http_body_util::BodyExt;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{value::RawValue, Map, Value};
 use uuid::Uuid;
 
-use super::{error::ApiError, AppState};
+use super::{
+    error::{ApiError, FieldError},
+    AppState,
+};
 use crate::domain::api_key::{PresentedKey, Scope};
 
 /// The authenticated caller.
@@ -35,18 +40,32 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
-    if let Some(v) = headers.get("x-api-key") {
-        return v.to_str().map(str::trim).map_err(|_| ApiError::Unauthorized("malformed API key".into()));
+    let from_header = headers
+        .get("x-api-key")
+        .map(|v| v.to_str().map(str::trim).map_err(|_| ApiError::Unauthorized("malformed API key".into())))
+        .transpose()?;
+    let from_bearer = bearer(headers)?;
+    match (from_header, from_bearer) {
+        (Some(a), Some(b)) if a != b => {
+            Err(ApiError::Unauthorized("X-Api-Key and Authorization carry different keys".into()))
+        }
+        (Some(key), _) | (None, Some(key)) => Ok(key),
+        (None, None) => {
+            Err(ApiError::Unauthorized("missing API key: send `X-Api-Key` or `Authorization: Bearer`".into()))
+        }
     }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
         let (scheme, token) = v.trim().split_once(' ').unwrap_or((v, ""));
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::Unauthorized("Authorization must use the Bearer scheme".into()));
         }
-        return Ok(token.trim());
+        return Ok(Some(token.trim()));
     }
-    Err(ApiError::Unauthorized("missing API key: send `X-Api-Key` or `Authorization: Bearer`".into()))
+    Ok(None)
 }
 
 impl Caller {
@@ -65,9 +84,12 @@ async fn path_uuids(parts: &mut Parts, state: &AppState) -> Result<Vec<(String, 
         .map_err(|_| ApiError::BadRequest("the path is not valid UTF-8".into()))?;
     raw.iter()
         .map(|(name, value)| {
+            // Only the hyphenated form: one resource, one URL.
             Uuid::try_parse(value)
+                .ok()
+                .filter(|_| value.len() == 36)
                 .map(|u| (name.to_string(), u))
-                .map_err(|_| ApiError::BadRequest(format!("`{name}` in the path must be a UUID")))
+                .ok_or_else(|| ApiError::BadRequest(format!("`{name}` in the path must be a hyphenated UUID")))
         })
         .collect()
 }
@@ -145,23 +167,83 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
 }
 
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    // JSON is UTF-8 (RFC 8259); any other declared charset is not what we parse.
+    let utf8 = parts.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            matches!(v.trim().trim_matches('"').to_ascii_lowercase().as_str(), "utf-8" | "utf8")
+        }
+        _ => true,
+    });
+    json && utf8
 }
 
-/// Maps a JSON parse error: bad syntax is 400, a well-formed body of the wrong shape 422.
-pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
+/// JSON nested deeper than this is refused (serde_json's own recursion limit).
+pub(crate) const MAX_JSON_DEPTH: usize = 128;
+
+/// Maps a JSON parse error: bad syntax is 400; a well-formed body of the wrong shape, or
+/// nested too deeply, is 422.
+pub(crate) fn json_error(field: &str, e: &serde_json::Error) -> ApiError {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        return ApiError::field(field, format!("is nested more than {MAX_JSON_DEPTH} levels deep"));
+    }
     match e.classify() {
-        serde_json::error::Category::Data => ApiError::field("body", "must be a JSON object"),
+        serde_json::error::Category::Data => ApiError::field(field, "must be a JSON object"),
         _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
     }
 }
 
-/// Parses the body as a JSON object.
-pub(crate) fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::field("body", "must be a JSON object")),
-        Err(e) => Err(json_error(&e)),
+/// The top-level members of a JSON object, in order, with their values as raw JSON text
+/// (so a value can be kept verbatim).
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    out.push(entry);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
     }
+}
+
+/// Parses the body as a JSON object whose members each appear once (a repeated member is
+/// 422, never "the last one wins"), and whose values are valid JSON nested at most
+/// [`MAX_JSON_DEPTH`] levels. Returns each member with its raw text and parsed value.
+pub(crate) fn parse_members(bytes: &[u8]) -> Result<Vec<(String, Box<RawValue>, Value)>, ApiError> {
+    let Members(members) = serde_json::from_slice(bytes).map_err(|e| json_error("body", &e))?;
+    let mut errors = Vec::new();
+    let mut out: Vec<(String, Box<RawValue>, Value)> = Vec::with_capacity(members.len());
+    for (name, raw) in members {
+        if out.iter().any(|(n, _, _)| *n == name) {
+            errors.push(FieldError::new(&name, "is given more than once"));
+            continue;
+        }
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => out.push((name, raw, value)),
+            Err(e) => return Err(json_error(&name, &e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
+/// Parses the body as a JSON object (see [`parse_members`]).
+pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    Ok(parse_members(bytes)?.into_iter().map(|(name, _, value)| (name, value)).collect())
 }

@@ -22,7 +22,11 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
+    trace::TraceLayer,
+};
 
 use crate::domain::{address::AllowList, event_type::Catalogue, time::Timestamp};
 use crate::store::Store;
@@ -69,6 +73,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .with_state(state)
         .layer(CatchPanicLayer::new())
+        // A client that trickles its body, or a request that takes too long, is cut off.
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(10)))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .layer(middleware::from_fn(error::render_errors))
         .layer(TraceLayer::new_for_http())
 }

@@ -21,7 +21,7 @@ use crate::domain::{
     time::Timestamp,
     webhook::{self, check_header, Format, Headers, Status, WebhookSecret, WebhookUrl},
 };
-use crate::store::{Webhook, WebhookUpdate};
+use crate::store::{UpdateResult, Webhook, WebhookUpdate};
 
 /// A webhook as the API shows it; the secret only in the create answer.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -223,6 +223,7 @@ pub(crate) async fn create(
         secret: WebhookSecret::generate(),
         created_at: now,
         updated_at: now,
+        version: 0,
     };
     state.store.insert_webhook(&hook).await?;
     tracing::info!(webhook_id = %hook.id, org_id = %hook.org_id, "webhook created");
@@ -243,30 +244,46 @@ pub(crate) async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     let mut hook = find(&state, &access).await?;
     let bytes = read_body(&headers, body, state.max_body).await?;
-    let c = parse_changes(&state, parse_object(&bytes)?, false)?;
-    let before = hook.status;
-    let now = Timestamp::now();
-    if let Some(v) = c.name {
-        hook.name = v;
+    let changes = parse_changes(&state, parse_object(&bytes)?, false)?;
+    // Optimistic concurrency: the update applies to the version it was computed from; when
+    // another write (a PATCH, or the worker disabling the webhook) came first, re-read and
+    // apply the same changes again, so no change is lost and no transition is undone.
+    for _ in 0..8 {
+        let update = changes.apply(hook, Timestamp::now());
+        match state.store.update_webhook(&update).await? {
+            UpdateResult::Applied => return Ok(Json(Envelope::new(WebhookView::from(&update.webhook)))),
+            UpdateResult::Missing => return Err(ApiError::NotFound("no such webhook".into())),
+            UpdateResult::Stale => hook = find(&state, &access).await?,
+        }
     }
-    if let Some(v) = c.description {
-        hook.description = v;
-    }
-    if let Some(v) = c.url {
-        hook.url = v.as_str().to_string();
-    }
-    if let Some(v) = c.events {
-        hook.events = v;
-    }
-    if let Some(v) = c.format {
-        hook.format = v;
-    }
-    if let Some(v) = c.headers {
-        hook.headers = v;
-    }
-    let mut update = WebhookUpdate { webhook: hook, cancel_open_deliveries: false, reset_failures: false };
-    if let Some(status) = c.status {
-        if status != before {
+    Err(ApiError::Conflict("the webhook is being changed by other requests; try again".into()))
+}
+
+impl Changes {
+    /// The update these changes make to `hook`, with the side effects of a status change.
+    fn apply(&self, mut hook: Webhook, now: Timestamp) -> WebhookUpdate {
+        let before = hook.status;
+        if let Some(v) = &self.name {
+            hook.name = v.clone();
+        }
+        if let Some(v) = &self.description {
+            hook.description = v.clone();
+        }
+        if let Some(v) = &self.url {
+            hook.url = v.as_str().to_string();
+        }
+        if let Some(v) = &self.events {
+            hook.events = v.clone();
+        }
+        if let Some(v) = self.format {
+            hook.format = v;
+        }
+        if let Some(v) = &self.headers {
+            hook.headers = v.clone();
+        }
+        hook.updated_at = now;
+        let mut update = WebhookUpdate { webhook: hook, cancel_open_deliveries: false, reset_failures: false };
+        if let Some(status) = self.status.filter(|s| *s != before) {
             let w = &mut update.webhook;
             w.status = status;
             if status == Status::Disabled {
@@ -279,12 +296,8 @@ pub(crate) async fn update(
                 update.reset_failures = true;
             }
         }
+        update
     }
-    update.webhook.updated_at = now;
-    if !state.store.update_webhook(&update).await? {
-        return Err(ApiError::NotFound("no such webhook".into()));
-    }
-    Ok(Json(Envelope::new(WebhookView::from(&update.webhook))))
 }
 
 #[utoipa::path(delete, path = "/organizations/{orgId}/webhooks-outbound/{id}", tag = "webhooks", params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook")),

@@ -25,6 +25,11 @@ pub const HEADER_VALUE_MAX: usize = 1024;
 const RESERVED_HEADERS: &[&str] =
     &["host", "content-type", "content-length", "transfer-encoding", "connection", "user-agent"];
 
+/// Hop-by-hop and protocol-changing headers (RFC 9110 §7.6.1, §10.1.1): they describe one
+/// connection, not the message, so a webhook may not set them either.
+const HOP_BY_HOP_HEADERS: &[&str] =
+    &["keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect", "proxy-authorization"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
@@ -82,6 +87,9 @@ pub fn parse_name(s: &str) -> Result<String, String> {
     if t.is_empty() {
         return Err("must not be empty".into());
     }
+    if t.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
     if t.chars().count() > NAME_MAX {
         return Err(format!("must be at most {NAME_MAX} characters"));
     }
@@ -90,6 +98,9 @@ pub fn parse_name(s: &str) -> Result<String, String> {
 
 /// `description`: at most 500 characters.
 pub fn parse_description(s: &str) -> Result<String, String> {
+    if s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err("must not contain control characters other than line breaks and tabs".into());
+    }
     if s.chars().count() > DESCRIPTION_MAX {
         return Err(format!("must be at most {DESCRIPTION_MAX} characters"));
     }
@@ -103,10 +114,17 @@ pub struct WebhookUrl(Url);
 
 impl WebhookUrl {
     pub fn parse(s: &str, allow: &AllowList) -> Result<Self, String> {
-        if s.len() > URL_MAX {
+        if s.chars().count() > URL_MAX {
             return Err(format!("must be at most {URL_MAX} characters"));
         }
         let url = Url::parse(s.trim()).map_err(|e| format!("is not an absolute URL ({e})"))?;
+        // What is stored and sent is the normalised, percent-encoded form: it obeys the limit too.
+        if url.as_str().len() > URL_MAX {
+            return Err(format!("must be at most {URL_MAX} characters once percent-encoded"));
+        }
+        if url.port() == Some(0) {
+            return Err("must not use port 0".into());
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err("must use http:// or https://".into());
         }
@@ -158,12 +176,18 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") || lower.starts_with("x-mosend-") {
         return Err(format!("header `{name}` is set by the service and cannot be overridden"));
     }
+    if HOP_BY_HOP_HEADERS.contains(&lower.as_str()) {
+        return Err(format!("header `{name}` controls the connection and cannot be set"));
+    }
     if value.len() > HEADER_VALUE_MAX {
         return Err(format!("header `{name}` value must be at most {HEADER_VALUE_MAX} characters"));
     }
     // Visible ASCII and spaces inside the value; no control characters (CR/LF included).
     if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(format!("header `{name}` value must be visible ASCII characters"));
+    }
+    if value.starts_with(' ') || value.ends_with(' ') {
+        return Err(format!("header `{name}` value must not start or end with a space"));
     }
     Ok(())
 }
@@ -246,6 +270,10 @@ mod tests {
         }
         let long = format!("https://example.com/{}", "a".repeat(URL_MAX));
         assert!(WebhookUrl::parse(&long, &none).is_err());
+        // Counted in characters, and again once percent-encoded.
+        assert!(WebhookUrl::parse(&format!("https://example.com/{}", "é".repeat(1500)), &none).is_err());
+        assert!(WebhookUrl::parse(&format!("https://example.com/{}", "é".repeat(300)), &none).is_ok());
+        assert!(WebhookUrl::parse("https://example.com:0/", &none).is_err());
     }
 
     #[test]
@@ -266,6 +294,10 @@ mod tests {
         assert!(check_header("X-A", "line\r\nInjected: 1").is_err());
         assert!(check_header(&"a".repeat(65), "x").is_err());
         assert!(check_header("X-A", &"v".repeat(1025)).is_err());
+        for hop in ["Upgrade", "TE", "Keep-Alive", "Proxy-Connection", "Expect", "Trailer"] {
+            assert!(check_header(hop, "x").is_err(), "{hop}");
+        }
+        assert!(check_header("X-A", " padded ").is_err());
     }
 
     #[test]
@@ -284,5 +316,8 @@ mod tests {
         assert!(parse_name("   ").is_err());
         assert!(parse_name(&"é".repeat(101)).is_err());
         assert!(parse_name(&"é".repeat(100)).is_ok());
+        assert!(parse_name("a\u{0}b").is_err());
+        assert!(parse_description("line\nbreak\ttab").is_ok());
+        assert!(parse_description("bell\u{7}").is_err());
     }
 }

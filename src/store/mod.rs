@@ -119,6 +119,18 @@ pub struct Webhook {
     pub secret: WebhookSecret,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Bumped by every write; an update applies only to the version it was computed from.
+    pub version: i64,
+}
+
+/// What became of an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateResult {
+    Applied,
+    /// No such webhook (any more).
+    Missing,
+    /// Someone else wrote the webhook since it was read: read it again and re-apply.
+    Stale,
 }
 
 /// A change to a webhook, with the side effects its status change implies.
@@ -272,8 +284,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_webhook(&self, webhook: &Webhook) -> Result<()>;
     async fn list_webhooks(&self, org_id: Uuid) -> Result<Vec<Webhook>>;
     async fn get_webhook(&self, org_id: Uuid, id: Uuid) -> Result<Option<Webhook>>;
-    /// `false` when the webhook no longer exists.
-    async fn update_webhook(&self, update: &WebhookUpdate) -> Result<bool>;
+    /// Writes `update.webhook` if its `version` is still the stored one (and bumps it).
+    async fn update_webhook(&self, update: &WebhookUpdate) -> Result<UpdateResult>;
     /// Deletes the webhook and cancels its open deliveries; `false` when it did not exist.
     async fn delete_webhook(&self, org_id: Uuid, id: Uuid, at: Timestamp) -> Result<bool>;
 

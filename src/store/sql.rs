@@ -23,13 +23,13 @@ macro_rules! shared_store {
         };
         use crate::store::{
             cipher::Cipher, ApiKeyRecord, Attempt, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryQuery,
-            DisablePolicy, NewEvent, NextStep, PublishedEvent, Result, Store, StoreError, Webhook, WebhookUpdate,
+            DisablePolicy, NewEvent, NextStep, PublishedEvent, Result, Store, StoreError, UpdateResult, Webhook, WebhookUpdate,
         };
 
         type Row = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
 
-        const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, format, status, disabled_reason, disabled_at, headers, secret, created_at, updated_at";
+        const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, format, status, disabled_reason, disabled_at, headers, secret, created_at, updated_at, version";
         const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, last_status_code, last_error, last_response_body, last_duration_ms, next_attempt_at, created_at, updated_at, delivered_at";
         const OPEN: &str = "('pending', 'retrying')";
 
@@ -80,6 +80,7 @@ macro_rules! shared_store {
                 secret: open_secret(cipher, &sealed, id)?,
                 created_at: ts(row, "created_at")?,
                 updated_at: ts(row, "updated_at")?,
+                version: row.try_get("version")?,
             })
         }
 
@@ -161,8 +162,8 @@ macro_rules! shared_store {
 
         async fn disable(tx: &mut Conn, webhook_id: Uuid, reason: &str, at: Timestamp) -> Result<bool> {
             let done = sqlx::query(
-                "UPDATE webhooks SET status = 'disabled', disabled_reason = $1, disabled_at = $2, updated_at = $2
-                 WHERE id = $3 AND status != 'disabled'",
+                "UPDATE webhooks SET status = 'disabled', disabled_reason = $1, disabled_at = $2, updated_at = $2,
+                 version = version + 1 WHERE id = $3 AND status != 'disabled'",
             )
             .bind(reason)
             .bind(at.0)
@@ -348,7 +349,7 @@ macro_rules! shared_store {
 
             async fn insert_webhook(&self, w: &Webhook) -> Result<()> {
                 sqlx::query(&format!(
-                    "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                    "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 ))
                 .bind(w.id)
                 .bind(w.org_id)
@@ -364,6 +365,7 @@ macro_rules! shared_store {
                 .bind(self.cipher.seal(w.secret.expose(), &w.id.to_string()))
                 .bind(w.created_at.0)
                 .bind(w.updated_at.0)
+                .bind(w.version)
                 .execute(self.write_pool())
                 .await?;
                 Ok(())
@@ -386,15 +388,16 @@ macro_rules! shared_store {
                 row.as_ref().map(|r| webhook_from_row(r, &self.cipher)).transpose()
             }
 
-            async fn update_webhook(&self, u: &WebhookUpdate) -> Result<bool> {
+            async fn update_webhook(&self, u: &WebhookUpdate) -> Result<UpdateResult> {
                 let w = &u.webhook;
                 let mut tx = self.write_pool().begin().await?;
                 let done = sqlx::query(
                     "UPDATE webhooks SET name = $1, description = $2, url = $3, events = $4, format = $5, status = $6,
                      disabled_reason = $7, disabled_at = $8, headers = $9, updated_at = $10,
                      failing_since = CASE WHEN $11 THEN NULL ELSE failing_since END,
-                     failed_attempts = CASE WHEN $11 THEN 0 ELSE failed_attempts END
-                     WHERE id = $12 AND org_id = $13",
+                     failed_attempts = CASE WHEN $11 THEN 0 ELSE failed_attempts END,
+                     version = version + 1
+                     WHERE id = $12 AND org_id = $13 AND version = $14",
                 )
                 .bind(&w.name)
                 .bind(&w.description)
@@ -409,10 +412,16 @@ macro_rules! shared_store {
                 .bind(u.reset_failures)
                 .bind(w.id)
                 .bind(w.org_id)
+                .bind(w.version)
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {
-                    return Ok(false);
+                    let exists = sqlx::query("SELECT 1 FROM webhooks WHERE id = $1 AND org_id = $2")
+                        .bind(w.id)
+                        .bind(w.org_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    return Ok(if exists.is_some() { UpdateResult::Stale } else { UpdateResult::Missing });
                 }
                 if u.cancel_open_deliveries {
                     cancel_open(&mut tx, w.id, w.updated_at).await?;
@@ -420,7 +429,7 @@ macro_rules! shared_store {
                 tx.commit().await?;
                 // A resumed webhook's held deliveries are due now.
                 self.signal.notify_one();
-                Ok(true)
+                Ok(UpdateResult::Applied)
             }
 
             async fn delete_webhook(&self, org_id: Uuid, id: Uuid, at: Timestamp) -> Result<bool> {

@@ -30,9 +30,18 @@ async fn missing_malformed_wrong_and_revoked_keys_are_401(backend: Backend) {
     let resp = app.client.get(app.url(&path)).header("Authorization", format!("Basic {key}")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
-    // Bearer works as well as X-Api-Key.
+    // Bearer works as well as X-Api-Key; both at once must carry the same key.
     let resp = app.client.get(app.url(&path)).header("Authorization", format!("Bearer {key}")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    let both = |bearer: String| {
+        app.client
+            .get(app.url(&path))
+            .header("X-Api-Key", &key)
+            .header("Authorization", format!("Bearer {bearer}"))
+            .send()
+    };
+    assert_eq!(both(key.clone()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(both("junk".into()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
 
     let revoked = app
         .store

@@ -72,6 +72,12 @@ async fn invalid_webhook_bodies_are_422_naming_the_field_and_store_nothing(backe
         (with("headers", json!({"X-A": "v".repeat(1025)})), "headers"),
         (with("headers", json!(many_headers)), "headers"),
         (with("headers", json!(["X-A"])), "headers"),
+        (with("headers", json!({"Upgrade": "h2c"})), "headers"),
+        (with("headers", json!({"Expect": "100-continue"})), "headers"),
+        (with("headers", json!({"X-A": " padded"})), "headers"),
+        (with("name", json!("a\u{0}b")), "name"),
+        (with("url", json!("https://example.com:0/")), "url"),
+        (with("url", json!(format!("https://example.com/{}", "é".repeat(1500)))), "url"),
         (with("colour", json!("blue")), "colour"),
         (with("secret", json!("whsec_AAAA")), "secret"),
         (with("id", json!(Uuid::now_v7())), "id"),
@@ -125,8 +131,20 @@ async fn malformed_json_wrong_content_type_and_oversized_bodies_are_refused(back
         assert_eq!(status, 422);
     }
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let (status, _) = post(Some("application/json"), format!("{{\"name\": {deep}}}").into_bytes()).await;
-    assert_eq!(status, 400, "nesting too deep is malformed");
+    let (status, body) = post(Some("application/json"), format!("{{\"name\": {deep}}}").into_bytes()).await;
+    assert_eq!(status, 422, "nesting deeper than 128 levels is refused: {body}");
+    assert_eq!(body["errors"][0]["field"], "name");
+    // A repeated member is an error, never "the last one wins".
+    let (status, body) = post(
+        Some("application/json"),
+        br#"{"name": "a", "url": "http://10.0.0.1/", "url": "https://example.com/h", "events": ["*"]}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "url");
+    // JSON is UTF-8: another declared charset is not a JSON body we read.
+    let (status, _) = post(Some("application/json; charset=utf-16"), valid().to_string().into_bytes()).await;
+    assert_eq!(status, 415);
     let (status, body) = post(None, valid().to_string().into_bytes()).await;
     assert_eq!((status, body["error"].as_str().unwrap()), (415, "Unsupported Media Type"));
     let (status, _) = post(Some("text/plain"), valid().to_string().into_bytes()).await;
@@ -153,6 +171,14 @@ async fn bad_uuids_unknown_routes_and_wrong_methods_answer_in_the_error_shape(ba
     let org = Uuid::now_v7();
     let (status, _) = app.call("GET", &format!("{}/not-a-uuid/deliveries", TestApp::hooks_path(org)), &key, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // One resource, one URL: only the hyphenated form of a UUID.
+    for other_form in [org.simple().to_string(), org.urn().to_string(), org.braced().to_string()] {
+        let (status, _) = app.call("GET", &format!("/organizations/{other_form}/webhooks-outbound"), &key, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{other_form}");
+    }
+    let upper = org.to_string().to_uppercase();
+    let (status, _) = app.call("GET", &format!("/organizations/{upper}/webhooks-outbound"), &key, None).await;
+    assert_eq!(status, StatusCode::OK, "case does not matter");
     let (status, body) = app.call("GET", "/nowhere", &key, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["path"], "/nowhere");
@@ -182,6 +208,22 @@ async fn invalid_events_are_422_and_schedule_nothing(backend: Backend) {
         (json!({"type": "email.sent", "data": {}, "idempotencyKey": 7}), "idempotencyKey"),
         (json!({"type": "email.sent", "data": {}, "idempotencyKey": "k".repeat(256)}), "idempotencyKey"),
     ];
+    let deep_data = format!(r#"{{"type": "email.sent", "data": {{"x": {}{}}}}}"#, "[".repeat(200), "]".repeat(200));
+    let dup_type = r#"{"type": "webhook.test", "type": "email.sent", "data": {}}"#.to_string();
+    for (raw, field) in [(deep_data, "data"), (dup_type, "type")] {
+        let resp = app
+            .client
+            .post(app.url(&path))
+            .header("X-Api-Key", &app.platform_key)
+            .header("Content-Type", "application/json")
+            .body(raw.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{raw:.80}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["errors"][0]["field"], field);
+    }
     for (body, field) in cases {
         let (status, answer) = app.call("POST", &path, &app.platform_key, Some(body.clone())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {answer}");
@@ -208,7 +250,15 @@ async fn bad_delivery_queries_are_422(backend: Backend) {
     let key = app.org_key(org).await;
     let hook = app.create_webhook(&key, org, "https://example.com/h", &["*"]).await;
     let base = format!("{}/{}/deliveries", TestApp::hooks_path(org), hook["id"].as_str().unwrap());
-    for q in ["limit=0", "limit=251", "limit=abc", "status=done", "cursor=zzz", "colour=blue"] {
+    for q in [
+        "limit=0",
+        "limit=251",
+        "limit=abc",
+        "status=done",
+        "cursor=zzz",
+        "colour=blue",
+        "status=failed&status=succeeded",
+    ] {
         let (status, _) = app.call("GET", &format!("{base}?{q}"), &key, None).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{q}");
     }

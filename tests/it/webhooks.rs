@@ -238,3 +238,38 @@ async fn a_wrong_encryption_key_is_refused_at_start(backend: Backend) {
 }
 
 both!(a_wrong_encryption_key_is_refused_at_start);
+
+async fn concurrent_patches_never_lose_a_change_nor_undo_a_disable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    for round in 0..8 {
+        let hook = app
+            .create_webhook_with(
+                &key,
+                org,
+                json!({"name": "h", "url": "https://example.com/h", "events": ["*"], "status": "paused"}),
+            )
+            .await;
+        let path = format!("{}/{}", TestApp::hooks_path(org), hook["id"].as_str().unwrap());
+        let bodies = [
+            json!({"name": format!("n{round}")}),
+            json!({"description": format!("d{round}")}),
+            json!({"headers": {"X-Round": format!("{round}")}}),
+            json!({"status": "disabled"}),
+        ];
+        let calls = bodies.iter().map(|b| app.call("PATCH", &path, &key, Some(b.clone())));
+        for (status, body) in futures::future::join_all(calls).await {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let (_, after) = app.call("GET", &path, &key, None).await;
+        let d = &after["data"];
+        assert_eq!(d["name"], format!("n{round}"), "{d}");
+        assert_eq!(d["description"], format!("d{round}"), "{d}");
+        assert_eq!(d["headers"]["X-Round"], format!("{round}"), "{d}");
+        assert_eq!(d["status"], "disabled", "{d}");
+        assert!(d["disabledReason"].is_string());
+    }
+}
+
+both!(concurrent_patches_never_lose_a_change_nor_undo_a_disable);
