@@ -198,10 +198,10 @@ async fn main() {
     while arrivals.lock().unwrap().total < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let a = arrivals.lock().unwrap();
+    let a = std::mem::take(&mut *arrivals.lock().unwrap());
     let last = a.at.values().flatten().max().copied().unwrap_or(started);
     let total_time = last.duration_since(started);
-    let published = published.lock().unwrap();
+    let published = std::mem::take(&mut *published.lock().unwrap());
     let mut latencies: Vec<Duration> =
         a.at.iter()
             .filter_map(|(id, times)| {
@@ -241,7 +241,6 @@ async fn main() {
         rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
     );
     println!("CPU s / 1000 deliveries  {:.3}", cpu_used / (a.total.max(1) as f64 / 1000.0));
-    drop(a);
     drop(procs);
     if let Some(name) = pg_name {
         use sqlx::Connection;
