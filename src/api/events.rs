@@ -9,12 +9,12 @@ use axum::{
     Json,
 };
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{value::RawValue, Value};
 use uuid::Uuid;
 
 use super::{
     error::{ApiError, FieldError},
-    extract::{parse_members, read_body, OrgAccess},
+    extract::{parse_members, read_body, Caller, OrgAccess},
     AppState, Envelope,
 };
 use crate::domain::{api_key::Scope, time::Timestamp};
@@ -32,6 +32,82 @@ pub(crate) struct PublishedView {
     deliveries: u32,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
+}
+
+/// A valid event of a publish request, before it gets its id.
+struct ParsedEvent {
+    org_id: Option<Uuid>,
+    event_type: String,
+    data: String,
+    idempotency_key: Option<String>,
+}
+
+impl ParsedEvent {
+    fn into_event(self, org_id: Uuid) -> NewEvent {
+        NewEvent {
+            id: Uuid::now_v7(),
+            org_id: self.org_id.unwrap_or(org_id),
+            event_type: self.event_type,
+            data: self.data,
+            idempotency_key: self.idempotency_key,
+            created_at: Timestamp::now(),
+        }
+    }
+}
+
+/// Validates the members of one event object, collecting every problem. `extra` names the
+/// members accepted besides `type`, `data` and `idempotencyKey` (the batch's
+/// `organizationId`).
+fn parse_event(
+    state: &AppState,
+    members: Vec<(String, Box<RawValue>, Value)>,
+    extra: &[&str],
+) -> Result<ParsedEvent, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let (mut event_type, mut data, mut key, mut org_id) = (None, None, None, None);
+    for (name, raw, value) in members {
+        match (name.as_str(), value) {
+            ("type", Value::String(t)) => match state.catalogue.check_publishable(&t) {
+                Ok(()) => event_type = Some(t),
+                Err(m) => errors.push(FieldError::new("type", m)),
+            },
+            ("type", _) => errors.push(FieldError::new("type", "must be a string")),
+            // Kept as the exact JSON text published, so receivers get it verbatim.
+            ("data", Value::Object(_)) => data = Some(raw.get().to_string()),
+            ("data", _) => errors.push(FieldError::new("data", "must be a JSON object")),
+            ("idempotencyKey", Value::String(k)) => match check_idempotency_key(&k) {
+                Ok(()) => key = Some(k),
+                Err(m) => errors.push(FieldError::new("idempotencyKey", m)),
+            },
+            ("idempotencyKey", Value::Null) => {}
+            ("idempotencyKey", _) => errors.push(FieldError::new("idempotencyKey", "must be a string")),
+            ("organizationId", Value::String(o)) if extra.contains(&"organizationId") => {
+                match Uuid::try_parse(&o).ok().filter(|_| o.len() == 36) {
+                    Some(o) => org_id = Some(o),
+                    None => errors.push(FieldError::new("organizationId", "must be a hyphenated UUID")),
+                }
+            }
+            ("organizationId", _) if extra.contains(&"organizationId") => {
+                errors.push(FieldError::new("organizationId", "must be a UUID string"))
+            }
+            (other, _) => errors.push(FieldError::new(other, "unknown field")),
+        }
+    }
+    let mut required = vec![("type", event_type.is_some()), ("data", data.is_some())];
+    if extra.contains(&"organizationId") {
+        required.push(("organizationId", org_id.is_some()));
+    }
+    for (field, present) in required {
+        if !present && !errors.iter().any(|e| e.field == field) {
+            errors.push(FieldError::new(field, "is required"));
+        }
+    }
+    match (event_type, data) {
+        (Some(event_type), Some(data)) if errors.is_empty() => {
+            Ok(ParsedEvent { org_id, event_type, data, idempotency_key: key })
+        }
+        _ => Err(errors),
+    }
 }
 
 fn check_idempotency_key(key: &str) -> Result<(), String> {
@@ -61,66 +137,28 @@ pub(crate) async fn publish(
         return Err(ApiError::Forbidden("only a platform key may publish events".into()));
     }
     let bytes = read_body(&headers, body, state.max_body).await?;
-    let mut errors = Vec::new();
-    let mut event_type = None;
-    let mut data = None;
-    let mut body_key = None;
-    for (name, raw, value) in parse_members(&bytes)? {
-        match (name.as_str(), value) {
-            ("type", Value::String(t)) => match state.catalogue.check_publishable(&t) {
-                Ok(()) => event_type = Some(t),
-                Err(m) => errors.push(FieldError::new("type", m)),
-            },
-            ("type", _) => errors.push(FieldError::new("type", "must be a string")),
-            // Kept as the exact JSON text published, so receivers get it verbatim.
-            ("data", Value::Object(_)) => data = Some(raw.get().to_string()),
-            ("data", _) => errors.push(FieldError::new("data", "must be a JSON object")),
-            ("idempotencyKey", Value::String(k)) => match check_idempotency_key(&k) {
-                Ok(()) => body_key = Some(k),
-                Err(m) => errors.push(FieldError::new("idempotencyKey", m)),
-            },
-            ("idempotencyKey", Value::Null) => {}
-            ("idempotencyKey", _) => errors.push(FieldError::new("idempotencyKey", "must be a string")),
-            (other, _) => errors.push(FieldError::new(other, "unknown field")),
-        }
-    }
-    for (field, present) in [("type", event_type.is_some()), ("data", data.is_some())] {
-        if !present && !errors.iter().any(|e| e.field == field) {
-            errors.push(FieldError::new(field, "is required"));
-        }
-    }
+    let members = parse_members(&bytes)?;
     let header_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str().map_err(|_| "must be visible ASCII characters".to_string()).and_then(|k| {
-            check_idempotency_key(k)?;
-            Ok(k.to_string())
-        }) {
-            Ok(k) => Some(k),
-            Err(m) => {
-                errors.push(FieldError::new("Idempotency-Key", m));
-                None
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| "must be visible ASCII characters".to_string())
+            .and_then(|k| check_idempotency_key(k).map(|()| Some(k.to_string()))),
+    };
+    let mut parsed = parse_event(&state, members, &[]);
+    match (&header_key, &mut parsed) {
+        (Err(m), Ok(_)) => parsed = Err(vec![FieldError::new("Idempotency-Key", m.clone())]),
+        (Err(m), Err(errors)) => errors.push(FieldError::new("Idempotency-Key", m.clone())),
+        (Ok(Some(h)), Ok(p)) => match &p.idempotency_key {
+            Some(b) if b != h => {
+                parsed = Err(vec![FieldError::new("idempotencyKey", "differs from the Idempotency-Key header")])
             }
+            _ => p.idempotency_key = Some(h.clone()),
         },
-    };
-    if let (Some(h), Some(b)) = (&header_key, &body_key) {
-        if h != b {
-            errors.push(FieldError::new("idempotencyKey", "differs from the Idempotency-Key header"));
-        }
+        _ => {}
     }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
-    }
-    let (Some(event_type), Some(data)) = (event_type, data) else {
-        return Err(ApiError::field("body", "type and data are required"));
-    };
-    let event = NewEvent {
-        id: Uuid::now_v7(),
-        org_id: access.org,
-        event_type,
-        data,
-        idempotency_key: body_key.or(header_key),
-        created_at: Timestamp::now(),
-    };
+    let parsed = parsed.map_err(ApiError::invalid)?;
+    let event = parsed.into_event(access.org);
     let published = state.store.publish_event(&event, state.idempotency_window).await?;
     metrics::counter!("mosend_webhooks_events_published_total").increment(u64::from(!published.duplicate));
     metrics::counter!("mosend_webhooks_deliveries_scheduled_total").increment(if published.duplicate {
@@ -137,4 +175,105 @@ pub(crate) async fn publish(
         duplicate: published.duplicate,
     };
     Ok((status, Json(Envelope::new(view))))
+}
+
+/// `POST /events/batch` bodies may be larger than other API bodies: up to 1,000 events.
+pub(crate) const BATCH_MAX_EVENTS: usize = 1000;
+pub(crate) const BATCH_MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// One result of a batch, in the order of the request.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum BatchResult {
+    Published {
+        id: Uuid,
+        deliveries: u32,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    Failed {
+        error: BatchError,
+    },
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BatchError {
+    status_code: u16,
+    message: String,
+    errors: Vec<FieldError>,
+}
+
+#[utoipa::path(post, path = "/events/batch", tag = "events",
+    request_body = super::openapi::PublishBatch,
+    responses((status = 200, description = "One result per event, in order; valid events are stored in one transaction", body = Envelope<Vec<BatchResult>>),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 413, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub(crate) async fn publish_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    if caller.scope != Scope::Platform {
+        return Err(ApiError::Forbidden("only a platform key may publish events".into()));
+    }
+    let bytes = read_body(&headers, body, BATCH_MAX_BODY).await?;
+    let mut items = None;
+    let mut errors = Vec::new();
+    for (name, _, value) in parse_members(&bytes)? {
+        match (name.as_str(), value) {
+            ("events", Value::Array(list)) if (1..=BATCH_MAX_EVENTS).contains(&list.len()) => items = Some(list.len()),
+            ("events", Value::Array(_)) => {
+                errors.push(FieldError::new("events", format!("must hold 1 to {BATCH_MAX_EVENTS} events")))
+            }
+            ("events", _) => errors.push(FieldError::new("events", "must be an array of events")),
+            (other, _) => errors.push(FieldError::new(other, "unknown field")),
+        }
+    }
+    if items.is_none() && errors.is_empty() {
+        errors.push(FieldError::new("events", "is required"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    // Each event again as raw members, so every `data` is kept verbatim.
+    #[derive(serde::Deserialize)]
+    struct RawBatch<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a RawValue>,
+    }
+    let raw: RawBatch<'_> =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    let mut valid = Vec::new();
+    let mut slots: Vec<Result<usize, BatchError>> = Vec::with_capacity(raw.events.len());
+    for item in raw.events {
+        let parsed = match parse_members(item.get().as_bytes()) {
+            Ok(members) => parse_event(&state, members, &["organizationId"]).map_err(|errors| BatchError {
+                status_code: 422,
+                message: ApiError::invalid(errors.clone()).to_string(),
+                errors,
+            }),
+            Err(e) => Err(BatchError { status_code: 422, message: e.to_string(), errors: vec![] }),
+        };
+        slots.push(parsed.map(|p| {
+            valid.push(p.into_event(Uuid::nil()));
+            valid.len() - 1
+        }));
+    }
+    let published = state.store.publish_batch(&valid, state.idempotency_window).await?;
+    let fresh: u64 = published.iter().filter(|p| !p.duplicate).count() as u64;
+    metrics::counter!("mosend_webhooks_events_published_total").increment(fresh);
+    let results: Vec<BatchResult> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Ok(i) => BatchResult::Published {
+                id: published[i].id,
+                deliveries: published[i].deliveries,
+                duplicate: published[i].duplicate,
+            },
+            Err(error) => BatchResult::Failed { error },
+        })
+        .collect();
+    Ok(Json(Envelope::new(results)))
 }

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{base}/{{id}}/deliveries"), get(deliveries::list))
         .route(&format!("{base}/{{id}}/deliveries/{{deliveryId}}/attempts"), get(deliveries::attempts))
         .route("/organizations/{orgId}/events", post(events::publish))
+        .route("/events/batch", post(events::publish_batch))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/metrics", get(system::metrics))

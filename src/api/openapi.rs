@@ -67,6 +67,25 @@ pub(crate) struct PublishEvent {
     idempotency_key: Option<String>,
 }
 
+/// One event of `POST /events/batch`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct BatchEvent {
+    organization_id: uuid::Uuid,
+    #[schema(rename = "type")]
+    event_type: String,
+    data: serde_json::Value,
+    idempotency_key: Option<String>,
+}
+
+/// `POST /events/batch` (platform key only): 1 to 1,000 events, body up to 4 MiB.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PublishBatch {
+    events: Vec<BatchEvent>,
+}
+
 struct Security;
 
 impl Modify for Security {
@@ -93,6 +112,7 @@ impl Modify for Security {
         super::deliveries::list,
         super::deliveries::attempts,
         super::events::publish,
+        super::events::publish_batch,
     ),
     modifiers(&Security),
     security(("apiKey" = []), ("bearer" = []))

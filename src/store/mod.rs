@@ -292,6 +292,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the event and one `pending` delivery per matching active or paused webhook,
     /// in one transaction, honouring the idempotency key within `idempotency_window`.
     async fn publish_event(&self, event: &NewEvent, idempotency_window: Duration) -> Result<PublishedEvent>;
+    /// Publishes several events (any organizations) in one transaction, results in order.
+    async fn publish_batch(&self, events: &[NewEvent], idempotency_window: Duration) -> Result<Vec<PublishedEvent>>;
 
     async fn list_deliveries(&self, webhook_id: Uuid, query: &DeliveryQuery) -> Result<Vec<Delivery>>;
     async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>>;

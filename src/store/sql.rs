@@ -213,8 +213,25 @@ macro_rules! shared_store {
                 }
             }
 
-            async fn publish_once(&self, e: &NewEvent, window: __Duration) -> Result<PublishedEvent> {
+            /// Publishes events in one transaction (one event, or a batch).
+            async fn publish_all(&self, events: &[NewEvent], window: __Duration) -> Result<Vec<PublishedEvent>> {
                 let mut tx = self.write_pool().begin().await?;
+                // Each organization's subscriptions, read once per transaction.
+                let mut subscriptions: std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>> = Default::default();
+                let mut out = Vec::with_capacity(events.len());
+                for e in events {
+                    out.push(Self::publish_in(&mut tx, e, window, &mut subscriptions).await?);
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn publish_in(
+                tx: &mut Conn,
+                e: &NewEvent,
+                window: __Duration,
+                subscriptions: &mut std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>>,
+            ) -> Result<PublishedEvent> {
                 if let Some(key) = &e.idempotency_key {
                     let existing = sqlx::query(
                         "SELECT id, type, created_at, deliveries FROM events WHERE org_id = $1 AND idempotency_key = $2",
@@ -242,19 +259,25 @@ macro_rules! shared_store {
                             .await?;
                     }
                 }
-                let candidates =
-                    sqlx::query("SELECT id, events FROM webhooks WHERE org_id = $1 AND status IN ('active', 'paused')")
-                        .bind(e.org_id)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                let mut targets: Vec<Uuid> = Vec::new();
-                for row in &candidates {
-                    let events: Vec<String> = serde_json::from_str(row.try_get("events")?)
-                        .map_err(|_| StoreError::Corrupt("webhook events".into()))?;
-                    if event_type::matches(&events, &e.event_type) {
-                        targets.push(row.try_get("id")?);
+                if !subscriptions.contains_key(&e.org_id) {
+                    let rows =
+                        sqlx::query("SELECT id, events FROM webhooks WHERE org_id = $1 AND status IN ('active', 'paused')")
+                            .bind(e.org_id)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    let mut list = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        let events: Vec<String> = serde_json::from_str(row.try_get("events")?)
+                            .map_err(|_| StoreError::Corrupt("webhook events".into()))?;
+                        list.push((row.try_get("id")?, events));
                     }
+                    subscriptions.insert(e.org_id, list);
                 }
+                let targets: Vec<Uuid> = subscriptions[&e.org_id]
+                    .iter()
+                    .filter(|(_, events)| event_type::matches(events, &e.event_type))
+                    .map(|(id, _)| *id)
+                    .collect();
                 let deliveries = u32::try_from(targets.len()).unwrap_or(u32::MAX);
                 sqlx::query(
                     "INSERT INTO events (id, org_id, type, data, idempotency_key, deliveries, created_at)
@@ -283,7 +306,6 @@ macro_rules! shared_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                tx.commit().await?;
                 Ok(PublishedEvent {
                     id: e.id,
                     event_type: e.event_type.clone(),
@@ -451,13 +473,18 @@ macro_rules! shared_store {
                 // Two publishes with one new idempotency key may race (several instances on
                 // PostgreSQL): the loser's insert violates the unique index, and its retry
                 // finds the winner's event.
-                let published = match self.publish_once(e, window).await {
-                    Err(err) if e.idempotency_key.is_some() && is_unique_violation(&err) => {
-                        self.publish_once(e, window).await?
+                let published = self.publish_batch(std::slice::from_ref(e), window).await?;
+                published.into_iter().next().ok_or_else(|| StoreError::Corrupt("a publish of one event returned none".into()))
+            }
+
+            async fn publish_batch(&self, events: &[NewEvent], window: __Duration) -> Result<Vec<PublishedEvent>> {
+                let published = match self.publish_all(events, window).await {
+                    Err(err) if events.iter().any(|e| e.idempotency_key.is_some()) && is_unique_violation(&err) => {
+                        self.publish_all(events, window).await?
                     }
                     other => other?,
                 };
-                if published.deliveries > 0 && !published.duplicate {
+                if published.iter().any(|p| p.deliveries > 0 && !p.duplicate) {
                     self.signal.notify_one();
                 }
                 Ok(published)

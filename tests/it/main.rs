@@ -7,6 +7,7 @@
 mod helpers;
 
 mod auth;
+mod batch;
 mod delivery;
 mod events;
 mod process;
