@@ -276,6 +276,43 @@ mod tests {
         assert!(WebhookUrl::parse("https://example.com:0/", &none).is_err());
     }
 
+    /// The address rules on URLs as users type them: every spelling of a forbidden address
+    /// is refused, public addresses and names are accepted (names are judged again on their
+    /// resolved addresses at connect time).
+    #[test]
+    fn url_host_spellings_table() {
+        let none = AllowList::default();
+        let refused = [
+            "http://127.0.0.1/", "http://127.1/", "http://127.0.1/", "http://2130706433/", "http://0x7f000001/",
+            "http://0x7f.0.0.1/", "http://0177.0.0.1/", "http://017700000001/", "http://0x7f.1/", "http://127.000.000.001/",
+            "http://0/", "http://0.0.0.0/", "http://0x0/", "http://10.0.0.1/", "http://012.0.0.1/", "http://167772161/",
+            "http://172.16.0.1/", "http://172.31.255.254/", "http://192.168.0.1/", "http://3232235521/", "http://0xc0a80001/",
+            "http://169.254.169.254/", "http://2852039166/", "http://0xa9fea9fe/", "http://100.64.0.1/", "http://100.127.255.254/",
+            "http://224.0.0.1/", "http://239.255.255.250/", "http://255.255.255.255/", "http://240.0.0.1/", "http://192.0.2.1/",
+            "http://198.51.100.1/", "http://203.0.113.1/", "http://198.18.0.1/", "http://[::1]/", "http://[::]/",
+            "http://[0:0:0:0:0:0:0:1]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:7f00:1]/", "http://[::ffff:10.0.0.1]/",
+            "http://[::ffff:169.254.169.254]/", "http://[::127.0.0.1]/", "http://[::a00:1]/", "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b::10.0.0.1]/", "http://[64:ff9b:1::1]/", "http://[2002:7f00:1::]/", "http://[2002:a00:1::1]/",
+            "http://[fe80::1]/", "http://[febf::1]/", "http://[fc00::1]/", "http://[fd00:ec2::254]/", "http://[ff02::1]/",
+            "http://[2001:db8::1]/", "http://[100::1]/", "http://[fec0::1]/", "http://localhost/", "http://LOCALHOST/",
+            "http://localhost./", "http://api.localhost/", "http://a.b.localhost./", "http://127.0.0.1.:8080/",
+            "http://[fe80::1%25eth0]/", "https://user@example.com/", "http://:80/", "ftp://example.com/",
+        ];
+        for url in refused {
+            assert!(WebhookUrl::parse(url, &none).is_err(), "{url} should be refused");
+        }
+        let accepted = [
+            "https://example.com/hook", "https://8.8.8.8/", "http://134744072/", "http://0x08080808/", "https://1.1.1.1:8443/x",
+            "http://172.32.0.1/", "http://100.128.0.1/", "http://192.169.0.1/", "http://[2606:4700:4700::1111]/",
+            "http://[::ffff:8.8.8.8]/", "http://[64:ff9b::808:808]/", "https://localhost.example.com/", "https://xn--mnchen-3ya.de/",
+            "https://EXAMPLE.com./", "http://example.com:65535/",
+        ];
+        for url in accepted {
+            assert!(WebhookUrl::parse(url, &none).is_ok(), "{url} should be accepted");
+        }
+        assert!(refused.len() + accepted.len() >= 60);
+    }
+
     #[test]
     fn the_allow_list_admits_local_targets() {
         let allow = AllowList::parse("127.0.0.0/8").unwrap();
