@@ -5,6 +5,7 @@
 //! binary.
 
 mod helpers;
+mod hostile;
 
 mod auth;
 mod batch;
