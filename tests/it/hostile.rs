@@ -69,7 +69,10 @@ async fn hostile_receiver(kind: Hostile) -> SocketAddr {
                     }
                     Hostile::HugeHeader => {
                         let big = "a".repeat(1024 * 1024);
-                        sock.write_all(format!("HTTP/1.1 200 OK\r\nX-Big: {big}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await
+                        sock.write_all(
+                            format!("HTTP/1.1 200 OK\r\nX-Big: {big}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await
                     }
                     Hostile::Garbage => sock.write_all(b"\x00\x01 NOT HTTP AT ALL\r\n\r\n").await,
                 };
@@ -145,9 +148,19 @@ async fn the_service_memory_stays_bounded_while_receivers_send_50_mib_bodies() {
     .await;
     assert_eq!(status, 201);
     for _ in 0..5 {
-        post(&client, format!("{}/organizations/{org}/events", server.base), &platform, json!({"type": "email.sent", "data": {}})).await;
+        post(
+            &client,
+            format!("{}/organizations/{org}/events", server.base),
+            &platform,
+            json!({"type": "email.sent", "data": {}}),
+        )
+        .await;
     }
-    let url = format!("{}/organizations/{org}/webhooks-outbound/{}/deliveries", server.base, hook["data"]["id"].as_str().unwrap());
+    let url = format!(
+        "{}/organizations/{org}/webhooks-outbound/{}/deliveries",
+        server.base,
+        hook["data"]["id"].as_str().unwrap()
+    );
     let done = crate::helpers::wait_until(Duration::from_secs(30), || {
         let req = client.get(&url).header("X-Api-Key", &platform).send();
         async move {

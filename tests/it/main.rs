@@ -11,6 +11,7 @@ mod auth;
 mod batch;
 mod delivery;
 mod events;
+mod fuzz;
 mod process;
 mod retention;
 mod scale;
