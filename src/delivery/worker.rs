@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -42,6 +42,8 @@ pub struct WorkerConfig {
     pub retention_interval: Duration,
 }
 
+type Recorded = (AttemptRecord, oneshot::Sender<()>);
+
 pub struct Worker {
     store: Arc<dyn Store>,
     dispatcher: Dispatcher,
@@ -62,6 +64,8 @@ impl Worker {
         let freed = Arc::new(Notify::new());
         let signal = this.store.work_signal();
         let tracker = TaskTracker::new();
+        let (to_recorder, rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_in_groups(this.store.clone(), this.config.disable, rx));
         tracker.spawn(purge_history(
             this.store.clone(),
             this.config.retention,
@@ -96,8 +100,9 @@ impl Worker {
                             };
                             let this = this.clone();
                             let freed = freed.clone();
+                            let to_recorder = to_recorder.clone();
                             tracker.spawn(async move {
-                                this.deliver(delivery).await;
+                                this.deliver(delivery, &to_recorder).await;
                                 drop(slot);
                                 freed.notify_one();
                             });
@@ -125,11 +130,17 @@ impl Worker {
             Ok(n) => info!(released = n, "released leases"),
             Err(e) => error!(error = %e, "releasing leases failed; they expire by themselves"),
         }
+        // Every finished attempt task waited for its commit; close the channel and let the
+        // recorder write what tasks cut short by the drain timeout may still send.
+        drop(to_recorder);
+        if tokio::time::timeout(Duration::from_secs(2), recorder).await.is_err() {
+            warn!("attempts still being recorded at exit; their leases expire by themselves");
+        }
         info!("delivery worker stopped");
     }
 
     #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, webhook_id = %delivery.webhook_id, event_id = %delivery.event_id))]
-    async fn deliver(&self, delivery: ClaimedDelivery) {
+    async fn deliver(&self, delivery: ClaimedDelivery, recorder: &mpsc::UnboundedSender<Recorded>) {
         let result = self.dispatcher.attempt(&delivery).await;
         let next = self.next_step(&delivery, &result);
         metrics::counter!("mosend_webhooks_attempts_total", "outcome" => result.outcome.code()).increment(1);
@@ -147,22 +158,11 @@ impl Worker {
             response_body: result.response_body,
             next,
         };
-        // A failed write is retried a few times; if it still fails the lease expires and
-        // the delivery is attempted again (at least once).
-        let mut backoff = Duration::from_millis(50);
-        for _ in 0..5 {
-            match self.store.record_attempt(&record, &self.config.disable).await {
-                Ok(Some(reason)) => {
-                    warn!(reason = %reason, "webhook disabled");
-                    return;
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    error!(error = %e, "recording the attempt failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-            }
+        // Handed to the recorder, which commits attempts in groups; wait for the commit so
+        // the slot is freed only once the result is durable (and the lease released).
+        let (done, committed) = oneshot::channel();
+        if recorder.send((record, done)).is_ok() {
+            let _ = committed.await;
         }
     }
 
@@ -211,6 +211,49 @@ async fn purge_history(store: Arc<dyn Store>, retention: Duration, every: Durati
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Commits attempt results in groups: whatever arrived while the previous commit was being
+/// written goes into the next one, so under load one fsync covers many attempts. A group
+/// that cannot be written after a few tries is dropped: its leases expire and the
+/// deliveries are attempted again (at least once).
+async fn record_in_groups(
+    store: Arc<dyn Store>,
+    policy: crate::store::DisablePolicy,
+    mut rx: mpsc::UnboundedReceiver<Recorded>,
+) {
+    const GROUP: usize = 256;
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let (records, acks): (Vec<AttemptRecord>, Vec<oneshot::Sender<()>>) = group.into_iter().unzip();
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..5 {
+            match store.record_attempts(&records, &policy).await {
+                Ok(disabled) => {
+                    for (record, reason) in records.iter().zip(disabled) {
+                        if let Some(reason) = reason {
+                            warn!(webhook_id = %record.webhook_id, reason = %reason, "webhook disabled");
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    error!(error = %e, count = records.len(), "recording attempts failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(());
         }
     }
 }

@@ -301,9 +301,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Leases up to `batch` due deliveries of active webhooks.
     async fn claim_due(&self, request: &ClaimRequest) -> Result<Vec<ClaimedDelivery>>;
-    /// Records an attempt and moves its delivery on; may disable the webhook (410, or the
-    /// failure policy). Returns the reason when it disabled the webhook.
-    async fn record_attempt(&self, record: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>>;
+    /// Records attempts and moves their deliveries on, all in one transaction; may disable
+    /// webhooks (410, or the failure policy). Returns, per record, the reason when it
+    /// disabled the webhook.
+    async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>>;
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
     /// Deletes up to `batch` finished events created before `cutoff`, with their

@@ -316,6 +316,89 @@ macro_rules! shared_store {
             }
         }
 
+        impl $store {
+            async fn record_in(tx: &mut Conn, a: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>> {
+                let now = a.attempted_at.plus(__Duration::from_millis(u64::try_from(a.duration_ms).unwrap_or(0)));
+                let (status, next_at, delivered_at) = match a.next {
+                    NextStep::Succeeded => (DeliveryStatus::Succeeded, None, Some(now.0)),
+                    NextStep::RetryAt(at) => (DeliveryStatus::Retrying, Some(at.0), None),
+                    NextStep::Failed => (DeliveryStatus::Failed, None, None),
+                };
+                // A delivery cancelled while its attempt was in flight stays cancelled; a lease
+                // lost to another worker (it expired) is not ours to record.
+                let done = sqlx::query(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_status_code = $1, last_error = $2,
+                         last_response_body = $3, last_duration_ms = $4, updated_at = $5,
+                         status = CASE WHEN status = 'cancelled' THEN status ELSE $6 END,
+                         next_attempt_at = CASE WHEN status = 'cancelled' THEN NULL ELSE $7 END,
+                         delivered_at = COALESCE(delivered_at, $8),
+                         lease_until = NULL, lease_token = NULL
+                     WHERE id = $9 AND (lease_token = $10 OR status = 'cancelled')",
+                )
+                .bind(a.status_code.map(i64::from))
+                .bind(&a.error)
+                .bind(&a.response_body)
+                .bind(a.duration_ms)
+                .bind(now.0)
+                .bind(status.as_str())
+                .bind(next_at)
+                .bind(delivered_at)
+                .bind(a.delivery_id)
+                .bind(a.token)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                sqlx::query(
+                    "INSERT INTO attempts (id, delivery_id, attempted_at, duration_ms, status_code, outcome, error, response_body)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(Uuid::now_v7())
+                .bind(a.delivery_id)
+                .bind(a.attempted_at.0)
+                .bind(a.duration_ms)
+                .bind(a.status_code.map(i64::from))
+                .bind(a.outcome.code())
+                .bind(&a.error)
+                .bind(&a.response_body)
+                .execute(&mut *tx)
+                .await?;
+
+                let mut disabled = None;
+                if a.outcome == Outcome::Success {
+                    sqlx::query("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0")
+                        .bind(a.webhook_id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    let streak = sqlx::query(
+                        "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1), failed_attempts = failed_attempts + 1
+                         WHERE id = $2 RETURNING failing_since, failed_attempts",
+                    )
+                    .bind(a.attempted_at.0)
+                    .bind(a.webhook_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let reason = if a.outcome == Outcome::Gone {
+                        Some("the receiver answered 410 Gone".to_string())
+                    } else if let Some(row) = streak {
+                        let since: i64 = row.try_get("failing_since")?;
+                        let failed = count(&row, "failed_attempts")?;
+                        crate::store::disable_reason(policy, since, now.0, failed, a.error.as_deref())
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = reason {
+                        if disable(tx, a.webhook_id, &reason, now).await? {
+                            disabled = Some(reason);
+                        }
+                    }
+                }
+                Ok(disabled)
+            }
+        }
+
         #[async_trait]
         impl Store for $store {
             async fn migrate(&self) -> Result<()> {
@@ -583,89 +666,17 @@ macro_rules! shared_store {
                 rows.iter().map(|row| claimed_from_row(row, &self.cipher)).collect()
             }
 
-            async fn record_attempt(&self, a: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>> {
-                let now = a.attempted_at.plus(__Duration::from_millis(u64::try_from(a.duration_ms).unwrap_or(0)));
-                let (status, next_at, delivered_at) = match a.next {
-                    NextStep::Succeeded => (DeliveryStatus::Succeeded, None, Some(now.0)),
-                    NextStep::RetryAt(at) => (DeliveryStatus::Retrying, Some(at.0), None),
-                    NextStep::Failed => (DeliveryStatus::Failed, None, None),
-                };
+            async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {
+                // One transaction for many attempts: a group commit, one fsync for the lot.
                 let mut tx = self.write_pool().begin().await?;
-                // A delivery cancelled while its attempt was in flight stays cancelled; a lease
-                // lost to another worker (it expired) is not ours to record.
-                let done = sqlx::query(
-                    "UPDATE deliveries SET attempts = attempts + 1, last_status_code = $1, last_error = $2,
-                         last_response_body = $3, last_duration_ms = $4, updated_at = $5,
-                         status = CASE WHEN status = 'cancelled' THEN status ELSE $6 END,
-                         next_attempt_at = CASE WHEN status = 'cancelled' THEN NULL ELSE $7 END,
-                         delivered_at = COALESCE(delivered_at, $8),
-                         lease_until = NULL, lease_token = NULL
-                     WHERE id = $9 AND (lease_token = $10 OR status = 'cancelled')",
-                )
-                .bind(a.status_code.map(i64::from))
-                .bind(&a.error)
-                .bind(&a.response_body)
-                .bind(a.duration_ms)
-                .bind(now.0)
-                .bind(status.as_str())
-                .bind(next_at)
-                .bind(delivered_at)
-                .bind(a.delivery_id)
-                .bind(a.token)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-                sqlx::query(
-                    "INSERT INTO attempts (id, delivery_id, attempted_at, duration_ms, status_code, outcome, error, response_body)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(Uuid::now_v7())
-                .bind(a.delivery_id)
-                .bind(a.attempted_at.0)
-                .bind(a.duration_ms)
-                .bind(a.status_code.map(i64::from))
-                .bind(a.outcome.code())
-                .bind(&a.error)
-                .bind(&a.response_body)
-                .execute(&mut *tx)
-                .await?;
-
-                let mut disabled = None;
-                if a.outcome == Outcome::Success {
-                    sqlx::query("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0")
-                        .bind(a.webhook_id)
-                        .execute(&mut *tx)
-                        .await?;
-                } else {
-                    let streak = sqlx::query(
-                        "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1), failed_attempts = failed_attempts + 1
-                         WHERE id = $2 RETURNING failing_since, failed_attempts",
-                    )
-                    .bind(a.attempted_at.0)
-                    .bind(a.webhook_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let reason = if a.outcome == Outcome::Gone {
-                        Some("the receiver answered 410 Gone".to_string())
-                    } else if let Some(row) = streak {
-                        let since: i64 = row.try_get("failing_since")?;
-                        let failed = count(&row, "failed_attempts")?;
-                        crate::store::disable_reason(policy, since, now.0, failed, a.error.as_deref())
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = reason {
-                        if disable(&mut tx, a.webhook_id, &reason, now).await? {
-                            disabled = Some(reason);
-                        }
-                    }
+                let mut out = Vec::with_capacity(records.len());
+                for a in records {
+                    out.push(Self::record_in(&mut tx, a, policy).await?);
                 }
                 tx.commit().await?;
-                Ok(disabled)
+                Ok(out)
             }
+
 
             async fn release_leases(&self, token: Uuid) -> Result<u64> {
                 let done = sqlx::query("UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE lease_token = $1")
