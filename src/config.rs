@@ -58,6 +58,9 @@ pub struct Settings {
     /// `pretty` or `json`.
     #[arg(long, env = "MOSEND_WEBHOOKS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// How long a rotated-out secret keeps signing beside the new one, e.g. `24h`.
+    #[arg(long, env = "MOSEND_WEBHOOKS_SECRET_ROTATION_GRACE", global = true)]
+    pub secret_rotation_grace: Option<String>,
     /// Events, deliveries and attempts older than this are purged, e.g. `30d`.
     #[arg(long, env = "MOSEND_WEBHOOKS_RETENTION", global = true)]
     pub retention: Option<String>,
@@ -105,6 +108,7 @@ pub struct Config {
     pub encryption_key: Option<EncryptionKey>,
     pub retention: Duration,
     pub retention_interval: Duration,
+    pub secret_rotation_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +199,7 @@ impl Config {
             log_format,
             idempotency_window: Duration::from_secs(24 * 3600),
             retention: duration("retention", s.retention, "30d")?,
+            secret_rotation_grace: duration("secret rotation grace", s.secret_rotation_grace, "24h")?,
             retention_interval: duration("retention interval", s.retention_interval, "10m")?,
             encryption_key: s
                 .encryption_key
@@ -228,6 +233,7 @@ fn merge(first: Settings, second: Settings) -> Settings {
         log_format: first.log_format.or(second.log_format),
         encryption_key: first.encryption_key.or(second.encryption_key),
         retention: first.retention.or(second.retention),
+        secret_rotation_grace: first.secret_rotation_grace.or(second.secret_rotation_grace),
         retention_interval: first.retention_interval.or(second.retention_interval),
     }
 }

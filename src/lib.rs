@@ -59,6 +59,7 @@ pub fn app(config: &Config, store: Arc<dyn Store>) -> axum::Router {
         metrics: telemetry::metrics_handle(),
         max_body: api::MAX_BODY_BYTES,
         idempotency_window: config.idempotency_window,
+        rotation_grace: config.secret_rotation_grace,
     })
 }
 

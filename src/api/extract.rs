@@ -166,6 +166,28 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
     Ok(bytes)
 }
 
+/// Reads a body that may be absent: no content type and no bytes is `None`; anything else
+/// must be a JSON body as [`read_body`] requires.
+pub(crate) async fn read_optional_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if headers.contains_key(header::CONTENT_TYPE) {
+        return read_body(headers, body, limit).await.map(Some);
+    }
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+        if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON, sent with `Content-Type: application/json`".into(),
+            ));
+        }
+    }
+    Ok(None)
+}
+
 fn is_json(content_type: &str) -> bool {
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();

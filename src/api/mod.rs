@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub max_body: usize,
     pub idempotency_window: Duration,
+    /// Default grace period of a rotated-out secret.
+    pub rotation_grace: Duration,
 }
 
 /// The success envelope.
@@ -63,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route(base, get(webhooks::list).post(webhooks::create))
         .route(&format!("{base}/{{id}}"), get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
         .route(&format!("{base}/{{id}}/secret"), get(webhooks::secret))
+        .route(&format!("{base}/{{id}}/secret/rotate"), post(webhooks::rotate_secret))
         .route(&format!("{base}/{{id}}/deliveries"), get(deliveries::list))
         .route(&format!("{base}/{{id}}/deliveries/{{deliveryId}}/attempts"), get(deliveries::attempts))
         .route("/organizations/{orgId}/events", post(events::publish))

@@ -86,6 +86,15 @@ pub(crate) struct PublishBatch {
     events: Vec<BatchEvent>,
 }
 
+/// `POST …/{id}/secret/rotate` (the body is optional).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "camelCase")]
+pub(crate) struct RotateSecret {
+    /// How long the previous secret keeps signing, e.g. `24h` (default from configuration; at most 7 days).
+    grace_period: Option<String>,
+}
+
 struct Security;
 
 impl Modify for Security {
@@ -109,6 +118,7 @@ impl Modify for Security {
         super::webhooks::update,
         super::webhooks::delete,
         super::webhooks::secret,
+        super::webhooks::rotate_secret,
         super::deliveries::list,
         super::deliveries::attempts,
         super::events::publish,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     error::{ApiError, FieldError},
-    extract::{parse_object, read_body, OrgAccess},
+    extract::{parse_object, read_body, read_optional_body, OrgAccess},
     AppState, Envelope,
 };
 use crate::domain::{
@@ -321,4 +321,57 @@ pub(crate) struct SecretView {
 pub(crate) async fn secret(State(state): State<AppState>, access: OrgAccess) -> Result<impl IntoResponse, ApiError> {
     let hook = find(&state, &access).await?;
     Ok(Json(Envelope::new(SecretView { secret: hook.secret.expose().to_string() })))
+}
+
+/// The longest grace period a rotation may ask for.
+const MAX_ROTATION_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RotatedView {
+    /// The new signing secret.
+    secret: String,
+    /// Until then the previous secret signs too (a second `v1,` in `webhook-signature`).
+    previous_secret_expires_at: Timestamp,
+}
+
+#[utoipa::path(post, path = "/organizations/{orgId}/webhooks-outbound/{id}/secret/rotate", tag = "webhooks",
+    params(("orgId" = Uuid, Path, description = "The organization"), ("id" = Uuid, Path, description = "The webhook")),
+    request_body(content = Option<super::openapi::RotateSecret>, description = "Optional: `{\"gracePeriod\": \"24h\"}`"),
+    responses((status = 200, description = "The new secret; the previous one keeps signing until `previousSecretExpiresAt`", body = Envelope<RotatedView>),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub(crate) async fn rotate_secret(
+    State(state): State<AppState>,
+    access: OrgAccess,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let hook = find(&state, &access).await?;
+    let mut grace = state.rotation_grace;
+    if let Some(bytes) = read_optional_body(&headers, body, state.max_body).await? {
+        let mut errors = Vec::new();
+        for (name, value) in parse_object(&bytes)? {
+            match (name.as_str(), value) {
+                ("gracePeriod", Value::String(text)) => match humantime::parse_duration(text.trim()) {
+                    Ok(d) if d <= MAX_ROTATION_GRACE => grace = d,
+                    Ok(_) => errors.push(FieldError::new("gracePeriod", "must be at most 7 days")),
+                    Err(_) => errors.push(FieldError::new("gracePeriod", "must be a duration such as `24h` or `30m`")),
+                },
+                ("gracePeriod", _) => errors.push(FieldError::new("gracePeriod", "must be a string such as `24h`")),
+                (other, _) => errors.push(FieldError::new(other, "unknown field")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors));
+        }
+    }
+    let secret = WebhookSecret::generate();
+    let now = Timestamp::now();
+    let until = now.plus(grace);
+    if !state.store.rotate_secret(access.org, hook.id, &secret, until, now).await? {
+        return Err(ApiError::NotFound("no such webhook".into()));
+    }
+    tracing::info!(webhook_id = %hook.id, org_id = %access.org, "webhook secret rotated");
+    Ok(Json(Envelope::new(RotatedView { secret: secret.expose().to_string(), previous_secret_expires_at: until })))
 }

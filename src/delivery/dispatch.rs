@@ -127,7 +127,10 @@ impl Dispatcher {
         put("x-mosend-signature", signing::mosend_signature(&d.secret, body));
         put("webhook-id", event_id.to_string());
         put("webhook-timestamp", timestamp.to_string());
-        put("webhook-signature", signing::standard_signature_header(&[&d.secret], event_id, timestamp, body));
+        // During a rotation the previous secret signs too: two space-separated `v1,` values.
+        let mut secrets = vec![&d.secret];
+        secrets.extend(d.previous_secret.as_ref());
+        put("webhook-signature", signing::standard_signature_header(&secrets, event_id, timestamp, body));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h
     }

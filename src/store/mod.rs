@@ -232,6 +232,8 @@ pub struct ClaimedDelivery {
     pub url: String,
     pub format: Format,
     pub secret: WebhookSecret,
+    /// The secret before a rotation, still signing until its grace period ends.
+    pub previous_secret: Option<WebhookSecret>,
     pub headers: Headers,
 }
 
@@ -286,6 +288,16 @@ pub trait Store: Send + Sync + 'static {
     async fn get_webhook(&self, org_id: Uuid, id: Uuid) -> Result<Option<Webhook>>;
     /// Writes `update.webhook` if its `version` is still the stored one (and bumps it).
     async fn update_webhook(&self, update: &WebhookUpdate) -> Result<UpdateResult>;
+    /// Replaces the signing secret; the old one keeps signing until `previous_expires_at`.
+    /// `false` when the webhook does not exist.
+    async fn rotate_secret(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        secret: &WebhookSecret,
+        previous_expires_at: Timestamp,
+        at: Timestamp,
+    ) -> Result<bool>;
     /// Deletes the webhook and cancels its open deliveries; `false` when it did not exist.
     async fn delete_webhook(&self, org_id: Uuid, id: Uuid, at: Timestamp) -> Result<bool>;
 

@@ -121,11 +121,17 @@ macro_rules! shared_store {
             })
         }
 
-        fn claimed_from_row(row: &Row, cipher: &Cipher) -> Result<ClaimedDelivery> {
+        fn claimed_from_row(row: &Row, cipher: &Cipher, now: Timestamp) -> Result<ClaimedDelivery> {
             let corrupt = |what: &str| StoreError::Corrupt(format!("claimed delivery {what}"));
             let headers: String = row.try_get("headers")?;
             let sealed: String = row.try_get("secret")?;
             let webhook_id: Uuid = row.try_get("webhook_id")?;
+            let previous: Option<String> = row.try_get("previous_secret")?;
+            let previous_until = opt_ts(row, "previous_secret_expires_at")?;
+            let previous_secret = match (previous, previous_until) {
+                (Some(sealed), Some(until)) if until > now => Some(open_secret(cipher, &sealed, webhook_id)?),
+                _ => None,
+            };
             Ok(ClaimedDelivery {
                 id: row.try_get("id")?,
                 webhook_id,
@@ -137,6 +143,7 @@ macro_rules! shared_store {
                 url: row.try_get("url")?,
                 format: Format::parse(row.try_get("format")?).map_err(|_| corrupt("format"))?,
                 secret: open_secret(cipher, &sealed, webhook_id)?,
+                previous_secret,
                 headers: serde_json::from_str::<Headers>(&headers).map_err(|_| corrupt("headers"))?,
             })
         }
@@ -537,6 +544,29 @@ macro_rules! shared_store {
                 Ok(UpdateResult::Applied)
             }
 
+            async fn rotate_secret(
+                &self,
+                org_id: Uuid,
+                id: Uuid,
+                secret: &WebhookSecret,
+                previous_expires_at: Timestamp,
+                at: Timestamp,
+            ) -> Result<bool> {
+                // The current secret, still sealed for this row, becomes the previous one.
+                let done = sqlx::query(
+                    "UPDATE webhooks SET previous_secret = secret, previous_secret_expires_at = $1, secret = $2,
+                     updated_at = $3, version = version + 1 WHERE id = $4 AND org_id = $5",
+                )
+                .bind(previous_expires_at.0)
+                .bind(self.cipher.seal(secret.expose(), &id.to_string()))
+                .bind(at.0)
+                .bind(id)
+                .bind(org_id)
+                .execute(self.write_pool())
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn delete_webhook(&self, org_id: Uuid, id: Uuid, at: Timestamp) -> Result<bool> {
                 let mut tx = self.write_pool().begin().await?;
                 let done = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND org_id = $2")
@@ -652,7 +682,7 @@ macro_rules! shared_store {
                 }
                 let sql = format!(
                     "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, e.data, e.created_at AS event_created_at,
-                            w.url, w.format, w.secret, w.headers
+                            w.url, w.format, w.secret, w.previous_secret, w.previous_secret_expires_at, w.headers
                      FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
                      WHERE d.id IN {}",
                     placeholders(1, ids.len())
@@ -663,7 +693,7 @@ macro_rules! shared_store {
                 }
                 let rows = query.fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                rows.iter().map(|row| claimed_from_row(row, &self.cipher)).collect()
+                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now)).collect()
             }
 
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {

@@ -14,6 +14,7 @@ mod events;
 mod fuzz;
 mod process;
 mod retention;
+mod rotation;
 mod scale;
 mod validation;
 mod webhooks;
