@@ -36,6 +36,13 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Re-seal every webhook secret under a new encryption key (stop the service first).
+    Reencrypt {
+        /// A file holding the new key (standard base64 of 32 bytes); or set
+        /// MOSEND_WEBHOOKS_NEW_ENCRYPTION_KEY. Never on the command line: it would show in `ps`.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use mosend_webhooks::cli::{Cli, Command, KeysCommand};
 use mosend_webhooks::config::Config;
 use mosend_webhooks::domain::{api_key, api_key::Scope, time::Timestamp};
+use mosend_webhooks::store::{Cipher, EncryptionKey};
 use mosend_webhooks::{keys, store, telemetry};
 
 #[tokio::main]
@@ -27,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("migrating the database")?;
             println!("migrations applied to {}", mosend_webhooks::redact_url(&config.database_url));
         }
+        Command::Reencrypt { new_key_file } => reencrypt(&config, new_key_file).await?,
         Command::Keys(command) => {
             let store = store::open(&config.database_url, config.encryption_key.as_ref())
                 .await
@@ -89,4 +91,31 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+/// Re-seals every secret under a new key; where the old key came from the key file beside a
+/// SQLite database, the file is replaced (atomically, after the database commit).
+async fn reencrypt(config: &Config, new_key_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let text = match new_key_file {
+        Some(path) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+        None => std::env::var("MOSEND_WEBHOOKS_NEW_ENCRYPTION_KEY")
+            .context("give --new-key-file or set MOSEND_WEBHOOKS_NEW_ENCRYPTION_KEY")?,
+    };
+    let new_key = EncryptionKey::parse(&text).map_err(anyhow::Error::msg).context("the new encryption key")?;
+    let store =
+        store::open(&config.database_url, config.encryption_key.as_ref()).await.context("opening the database")?;
+    let count = store.reencrypt(&Cipher::new(&new_key)).await.context("re-sealing the secrets")?;
+    if config.encryption_key.is_none() {
+        if let Some(path) = store::key_file(&config.database_url)? {
+            let tmp = path.with_extension("key.new");
+            let _ = std::fs::remove_file(&tmp);
+            EncryptionKey::load_or_create_with(&tmp, &new_key).context("writing the new key file")?;
+            std::fs::rename(&tmp, &path).context("replacing the key file")?;
+            println!("the key file {} now holds the new key", path.display());
+        }
+    } else {
+        println!("set MOSEND_WEBHOOKS_ENCRYPTION_KEY to the new key on every instance before starting them");
+    }
+    println!("re-sealed the secrets of {count} webhooks under the new key");
+    Ok(())
 }

@@ -50,12 +50,17 @@ impl EncryptionKey {
     /// Reads the key file, or creates it (mode 0600) with a new key. Returns the key and
     /// whether it was created.
     pub fn load_or_create(path: &Path) -> std::io::Result<(Self, bool)> {
+        Self::load_or_create_with(path, &Self::generate())
+    }
+
+    /// Reads the key file, or creates it (mode 0600) holding `key`.
+    pub fn load_or_create_with(path: &Path, key: &Self) -> std::io::Result<(Self, bool)> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text)
                 .map(|k| (k, false))
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = Self::generate();
+                let key = key.clone();
                 let mut options = std::fs::OpenOptions::new();
                 options.write(true).create_new(true);
                 #[cfg(unix)]

@@ -73,6 +73,16 @@ pub async fn open(url: &str, key: Option<&EncryptionKey>) -> Result<Arc<dyn Stor
     }
 }
 
+/// The key file a SQLite database uses when no key is configured (`None` for PostgreSQL and
+/// in-memory databases).
+pub fn key_file(url: &str) -> Result<Option<std::path::PathBuf>> {
+    if url.starts_with("sqlite:") {
+        sqlite::key_file_path(url)
+    } else {
+        Ok(None)
+    }
+}
+
 /// Why a failing webhook is disabled now, if it is (SPEC §4): every attempt since
 /// `failing_since` failed, for at least `policy.after`, and at least `policy.min_attempts`.
 pub(crate) fn disable_reason(
@@ -319,6 +329,10 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>>;
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
+    /// Re-seals every webhook secret (and the key check) under `new`, in one transaction;
+    /// returns how many webhooks were re-sealed. The store keeps its old cipher: reopen it
+    /// with the new key afterwards.
+    async fn reencrypt(&self, new: &Cipher) -> Result<u64>;
     /// Deletes up to `batch` finished events created before `cutoff`, with their
     /// deliveries and attempts; returns how many events went.
     async fn purge_older_than(&self, cutoff: Timestamp, batch: u32) -> Result<u64>;

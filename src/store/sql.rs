@@ -32,6 +32,8 @@ macro_rules! shared_store {
         const WEBHOOK_COLUMNS: &str = "id, org_id, name, description, url, events, format, status, disabled_reason, disabled_at, headers, secret, created_at, updated_at, version";
         const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, last_status_code, last_error, last_response_body, last_duration_ms, next_attempt_at, created_at, updated_at, delivered_at";
         const OPEN: &str = "('pending', 'retrying')";
+        /// Sealed in `meta` under the encryption key, to recognise the right key at start.
+        const KEY_CHECK: &str = "mosend-webhooks key check";
 
         fn ts(row: &Row, col: &str) -> Result<Timestamp> {
             Ok(Timestamp(row.try_get(col)?))
@@ -194,18 +196,17 @@ macro_rules! shared_store {
             /// value sealed then (and sealing one on first use), so a wrong key fails at
             /// start, not on the first delivery.
             pub(crate) async fn check_key(&self) -> Result<()> {
-                const CHECK: &str = "mosend-webhooks key check";
                 let stored: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'key_check'")
                     .fetch_optional(self.write_pool())
                     .await?;
                 match stored {
                     Some(sealed) => match self.cipher.open(&sealed, "meta") {
-                        Ok(text) if text == CHECK => Ok(()),
+                        Ok(text) if text == KEY_CHECK => Ok(()),
                         _ => Err(StoreError::WrongKey),
                     },
                     None => {
                         sqlx::query("INSERT INTO meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING")
-                            .bind(self.cipher.seal(CHECK, "meta"))
+                            .bind(self.cipher.seal(KEY_CHECK, "meta"))
                             .execute(self.write_pool())
                             .await?;
                         // Another instance may have sealed its own check first: verify again.
@@ -213,7 +214,7 @@ macro_rules! shared_store {
                             .fetch_one(self.write_pool())
                             .await?;
                         match self.cipher.open(&sealed, "meta") {
-                            Ok(text) if text == CHECK => Ok(()),
+                            Ok(text) if text == KEY_CHECK => Ok(()),
                             _ => Err(StoreError::WrongKey),
                         }
                     }
@@ -707,6 +708,33 @@ macro_rules! shared_store {
                 Ok(out)
             }
 
+
+            async fn reencrypt(&self, new: &Cipher) -> Result<u64> {
+                let mut tx = self.write_pool().begin().await?;
+                let rows = sqlx::query("SELECT id, secret, previous_secret FROM webhooks").fetch_all(&mut *tx).await?;
+                for row in &rows {
+                    let id: Uuid = row.try_get("id")?;
+                    let context = id.to_string();
+                    let reseal = |sealed: &str| -> Result<String> {
+                        let plain = self.cipher.open(sealed, &context).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        Ok(new.seal(&plain, &context))
+                    };
+                    let secret = reseal(&row.try_get::<String, _>("secret")?)?;
+                    let previous = row.try_get::<Option<String>, _>("previous_secret")?.map(|p| reseal(&p)).transpose()?;
+                    sqlx::query("UPDATE webhooks SET secret = $1, previous_secret = $2 WHERE id = $3")
+                        .bind(secret)
+                        .bind(previous)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE meta SET value = $1 WHERE key = 'key_check'")
+                    .bind(new.seal(KEY_CHECK, "meta"))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(rows.len() as u64)
+            }
 
             async fn release_leases(&self, token: Uuid) -> Result<u64> {
                 let done = sqlx::query("UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE lease_token = $1")

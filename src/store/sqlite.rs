@@ -25,19 +25,26 @@ pub struct SqliteStore {
 /// The key in the file beside the database (`<database>.key`), created on first use. An
 /// in-memory database gets a key that lives as long as the process.
 pub(super) fn key_from_file(url: &str) -> super::Result<EncryptionKey> {
-    let options = SqliteConnectOptions::from_str(url)?;
-    let db = options.get_filename();
-    if db.as_os_str().is_empty() || db.to_string_lossy().contains(":memory:") {
+    let Some(path) = key_file_path(url)? else {
         return Ok(EncryptionKey::generate());
-    }
-    let mut name = db.as_os_str().to_owned();
-    name.push(".key");
-    let path = std::path::PathBuf::from(name);
+    };
     let (key, created) = EncryptionKey::load_or_create(&path).map_err(super::StoreError::KeyFile)?;
     if created {
         tracing::warn!(path = %path.display(), "no MOSEND_WEBHOOKS_ENCRYPTION_KEY configured: generated a key file for webhook secrets; back it up with the database");
     }
     Ok(key)
+}
+
+/// `<database>.key` beside a SQLite file; `None` for an in-memory database.
+pub(super) fn key_file_path(url: &str) -> super::Result<Option<std::path::PathBuf>> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let db = options.get_filename();
+    if db.as_os_str().is_empty() || db.to_string_lossy().contains(":memory:") {
+        return Ok(None);
+    }
+    let mut name = db.as_os_str().to_owned();
+    name.push(".key");
+    Ok(Some(std::path::PathBuf::from(name)))
 }
 
 impl SqliteStore {

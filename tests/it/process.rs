@@ -357,3 +357,66 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         assert!(!log.contains(needle), "a secret reached the log");
     }
 }
+
+async fn reencrypt_reseals_every_secret_under_a_new_key(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = TestDb::new(backend, dir.path()).await;
+    let platform = create_key(dir.path(), &db, &["keys", "create", "--platform"]);
+    let org = Uuid::now_v7();
+    let mut server = Server::start(dir.path(), &db, free_port(), &[]).await;
+    let client = reqwest::Client::new();
+    let (status, hook) = post(
+        &client,
+        format!("{}/organizations/{org}/webhooks-outbound", server.base),
+        &platform,
+        json!({"name": "r", "url": "https://example.com/h", "events": ["*"]}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let secret = hook["data"]["secret"].as_str().unwrap().to_string();
+    let rotate = format!(
+        "{}/organizations/{org}/webhooks-outbound/{}/secret/rotate",
+        server.base,
+        hook["data"]["id"].as_str().unwrap()
+    );
+    let rotated: Value =
+        client.post(&rotate).header("X-Api-Key", &platform).send().await.unwrap().json().await.unwrap();
+    let secret_now = rotated["data"]["secret"].as_str().unwrap().to_string();
+    assert_ne!(secret, secret_now);
+    server.signal(Signal::SIGTERM);
+    server.wait_exit(Duration::from_secs(15)).await;
+
+    let new_key = mosend_webhooks::store::EncryptionKey::generate().to_base64();
+    let key_path = dir.path().join("new.key");
+    std::fs::write(&key_path, &new_key).unwrap();
+    let key_file = dir.path().join("test.db.key");
+    let old_file = std::fs::read_to_string(&key_file).ok();
+    let (ok, out, err) = cli(dir.path(), &db, &["reencrypt", "--new-key-file", key_path.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("re-sealed the secrets of 1 webhooks"), "{out}");
+    let old_key = db.encryption_key.clone();
+    match backend {
+        Backend::Sqlite => {
+            assert_eq!(std::fs::read_to_string(&key_file).unwrap(), new_key, "the key file holds the new key");
+            assert_ne!(old_file.as_deref(), Some(new_key.as_str()));
+        }
+        Backend::Postgres => {
+            // The old key no longer opens the database…
+            let (ok, _, err) = cli(dir.path(), &db, &["migrate"]);
+            assert!(!ok && err.contains("encryption key"), "{err}");
+            db.encryption_key = Some(new_key.clone());
+        }
+    }
+    // …and the new one shows the same secret as before.
+    let server = Server::start(dir.path(), &db, free_port(), &[]).await;
+    let url = format!(
+        "{}/organizations/{org}/webhooks-outbound/{}/secret",
+        server.base,
+        hook["data"]["id"].as_str().unwrap()
+    );
+    let shown: Value = client.get(url).header("X-Api-Key", &platform).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["data"]["secret"], secret_now.as_str());
+    assert!(old_key.is_none() || old_key.as_deref() != Some(new_key.as_str()));
+}
+
+both!(reencrypt_reseals_every_secret_under_a_new_key);
