@@ -3,6 +3,7 @@
 //! `MOSEND_WEBHOOKS_CONFIG`), then defaults, and validated once at start.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,6 +59,12 @@ pub struct Settings {
     /// `pretty` or `json`.
     #[arg(long, env = "MOSEND_WEBHOOKS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Requests per second each API key may make (0: no limit).
+    #[arg(long, env = "MOSEND_WEBHOOKS_RATE_LIMIT", global = true)]
+    pub rate_limit: Option<u32>,
+    /// Requests a key may make at once above its rate.
+    #[arg(long, env = "MOSEND_WEBHOOKS_RATE_LIMIT_BURST", global = true)]
+    pub rate_limit_burst: Option<u32>,
     /// How long a rotated-out secret keeps signing beside the new one, e.g. `24h`.
     #[arg(long, env = "MOSEND_WEBHOOKS_SECRET_ROTATION_GRACE", global = true)]
     pub secret_rotation_grace: Option<String>,
@@ -109,6 +116,8 @@ pub struct Config {
     pub retention: Duration,
     pub retention_interval: Duration,
     pub secret_rotation_grace: Duration,
+    /// Requests per second per API key, and the burst above it; `None`: no limit.
+    pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +209,11 @@ impl Config {
             idempotency_window: Duration::from_secs(24 * 3600),
             retention: duration("retention", s.retention, "30d")?,
             secret_rotation_grace: duration("secret rotation grace", s.secret_rotation_grace, "24h")?,
+            rate_limit: NonZeroU32::new(s.rate_limit.unwrap_or(10_000)).map(|rate| {
+                let twice = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
+                let burst = s.rate_limit_burst.and_then(NonZeroU32::new).unwrap_or(twice);
+                (rate, burst)
+            }),
             retention_interval: duration("retention interval", s.retention_interval, "10m")?,
             encryption_key: s
                 .encryption_key
@@ -234,6 +248,8 @@ fn merge(first: Settings, second: Settings) -> Settings {
         encryption_key: first.encryption_key.or(second.encryption_key),
         retention: first.retention.or(second.retention),
         secret_rotation_grace: first.secret_rotation_grace.or(second.secret_rotation_grace),
+        rate_limit: first.rate_limit.or(second.rate_limit),
+        rate_limit_burst: first.rate_limit_burst.or(second.rate_limit_burst),
         retention_interval: first.retention_interval.or(second.retention_interval),
     }
 }

@@ -50,6 +50,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{message}")]
     Validation { message: String, errors: Vec<FieldError> },
+    #[error("too many requests for this API key; retry after {0} s")]
+    RateLimited(u64),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -81,6 +83,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,6 +100,10 @@ pub struct ErrorInfo {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match self {
+            ApiError::RateLimited(secs) => Some(secs),
+            _ => None,
+        };
         let info = match self {
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "internal error");
@@ -106,6 +113,9 @@ impl IntoResponse for ApiError {
             other => ErrorInfo { message: other.to_string(), errors: None },
         };
         let mut response = status.into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response.extensions_mut().insert(info);
         response
     }

@@ -33,7 +33,16 @@ impl FromRequestParts<AppState> for Caller {
         let key = PresentedKey::parse(presented).ok_or_else(|| ApiError::Unauthorized("malformed API key".into()))?;
         let record = state.store.find_api_key(key.prefix).await?;
         match record {
-            Some(r) if r.revoked_at.is_none() && key.matches(&r.secret_hash) => Ok(Caller { scope: r.scope }),
+            Some(r) if r.revoked_at.is_none() && key.matches(&r.secret_hash) => {
+                if let Some(limiter) = &state.limiter {
+                    if let Err(not_until) = limiter.check_key(&r.prefix) {
+                        use governor::clock::{Clock, DefaultClock};
+                        let wait = not_until.wait_time_from(DefaultClock::default().now());
+                        return Err(ApiError::RateLimited(wait.as_secs().max(1)));
+                    }
+                }
+                Ok(Caller { scope: r.scope })
+            }
             _ => Err(ApiError::Unauthorized("invalid or revoked API key".into())),
         }
     }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub idempotency_window: Duration,
     /// Default grace period of a rotated-out secret.
     pub rotation_grace: Duration,
+    /// Requests per API key (by prefix), when limited.
+    pub limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
 }
 
 /// The success envelope.

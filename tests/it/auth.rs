@@ -157,3 +157,33 @@ async fn checks_run_in_the_order_the_spec_fixes(backend: Backend) {
 }
 
 both!(checks_run_in_the_order_the_spec_fixes);
+
+async fn each_api_key_is_rate_limited_with_429_and_retry_after(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(backend, |s| {
+        s.rate_limit = Some(5);
+        s.rate_limit_burst = Some(5);
+    })
+    .await;
+    let org = Uuid::now_v7();
+    let (noisy, quiet) = (app.org_key(org).await, app.org_key(org).await);
+    let path = TestApp::hooks_path(org);
+    let mut limited = None;
+    for _ in 0..12 {
+        let resp = app.client.get(app.url(&path)).header("X-Api-Key", &noisy).send().await.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let resp = limited.expect("the sixth request within a second is refused");
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["statusCode"], 429);
+    assert_eq!(body["error"], "Too Many Requests");
+    // Another key is not affected.
+    let (status, _) = app.call("GET", &path, &quiet, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+both!(each_api_key_is_rate_limited_with_429_and_retry_after);
