@@ -115,10 +115,7 @@ pub async fn run(
             tracing::info!(%addr, database = %redact_url(&config.database_url), "listening");
         }
         let router = app(&config, store.clone());
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(RunError::Serve)?;
+        api::serve::serve(listener, router, shutdown.clone()).await.map_err(RunError::Serve)?;
     } else {
         shutdown.cancelled().await;
     }

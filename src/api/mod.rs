@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 mod extract;
 mod openapi;
+pub mod serve;
 mod system;
 mod webhooks;
 

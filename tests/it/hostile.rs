@@ -174,3 +174,25 @@ async fn the_service_memory_stays_bounded_while_receivers_send_50_mib_bodies() {
     let peak = peak_rss_kib(server.child.id());
     assert!(peak < 64 * 1024, "peak RSS {} MiB: the bodies were not buffered", peak / 1024);
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    sock.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    // The server closes the connection (possibly after a 408) once the header timeout passes.
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow client was cut off");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(15), "{waited:?}");
+}
