@@ -13,6 +13,7 @@ mod delivery;
 mod events;
 mod fuzz;
 mod process;
+mod properties;
 mod retention;
 mod rotation;
 mod scale;
