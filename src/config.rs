@@ -77,7 +77,25 @@ pub struct Settings {
     /// Standard base64 of 32 bytes sealing webhook secrets at rest. Without it, SQLite
     /// uses (and first creates) the key file `<database>.key`.
     #[arg(long, env = "MOSEND_WEBHOOKS_ENCRYPTION_KEY", global = true, hide_env_values = true)]
-    pub encryption_key: Option<String>,
+    pub encryption_key: Option<Redacted>,
+}
+
+/// A secret setting as given (flag, environment or file): `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Redacted(s.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -217,7 +235,7 @@ impl Config {
             retention_interval: duration("retention interval", s.retention_interval, "10m")?,
             encryption_key: s
                 .encryption_key
-                .map(|k| EncryptionKey::parse(&k))
+                .map(|k| EncryptionKey::parse(&k.0))
                 .transpose()
                 .map_err(|e| ConfigError::Invalid("encryption key", e))?,
         })
@@ -279,6 +297,15 @@ mod tests {
         let c = Config::resolve(given, Some(path)).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
         assert_eq!(c.delivery_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn debug_of_the_settings_never_shows_the_encryption_key() {
+        let key = EncryptionKey::generate().to_base64();
+        let s = Settings { encryption_key: Some(Redacted(key.clone())), ..Default::default() };
+        assert!(!format!("{s:?}").contains(&key));
+        let c = Config::resolve(s, None).unwrap();
+        assert!(!format!("{c:?}").contains(&key));
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     let db = TestDb::new(backend, dir.path()).await;
     let mut settings = test_settings();
     settings.database_url = Some(db.url.clone());
-    settings.encryption_key = db.encryption_key.clone();
+    settings.encryption_key = db.encryption_key.clone().map(mosend_webhooks::config::Redacted);
     adjust(&mut settings);
     let config = Config::resolve(settings, None).expect("test config is valid");
     let store =
