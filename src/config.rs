@@ -17,7 +17,7 @@ use crate::store::{DisablePolicy, EncryptionKey};
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// `sqlite://path` (relative or absolute; created if missing).
+    /// `sqlite://path` (relative or absolute; created if missing) or `postgres://…`.
     #[arg(long, env = "MOSEND_WEBHOOKS_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Address the API listens on.

@@ -11,7 +11,10 @@ use crate::config::LogFormat;
 
 /// Installs the global tracing subscriber; later calls do nothing.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // sqlx reports PostgreSQL's harmless NOTICEs ("relation … already exists, skipping") at
+    // info; keep them out of the default log.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),

@@ -85,8 +85,12 @@ fn parse_query(raw: Option<&str>) -> Result<DeliveryQuery, ApiError> {
                     errors.push(FieldError::new("status", "must be pending, retrying, succeeded, failed or cancelled"))
                 }
             },
-            "eventType" if value.len() <= 100 => q.event_type = Some(value.into_owned()),
-            "eventType" => errors.push(FieldError::new("eventType", "must be at most 100 characters")),
+            "eventType" if value.len() <= 100 && value.bytes().all(|b| b.is_ascii_graphic()) => {
+                q.event_type = Some(value.into_owned())
+            }
+            "eventType" => {
+                errors.push(FieldError::new("eventType", "must be an event type (at most 100 visible characters)"))
+            }
             "limit" => match value.parse::<u32>() {
                 Ok(n) if (1..=LIMIT_MAX).contains(&n) => q.limit = n,
                 _ => errors.push(FieldError::new("limit", format!("must be a whole number from 1 to {LIMIT_MAX}"))),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     error::{ApiError, FieldError},
-    extract::{parse_members, read_body, Caller, OrgAccess},
+    extract::{parse_members, parse_members_of, parse_raw_members, read_body, Caller, OrgAccess},
     AppState, Envelope,
 };
 use crate::domain::{api_key::Scope, time::Timestamp};
@@ -204,6 +204,17 @@ pub(crate) struct BatchError {
     errors: Vec<FieldError>,
 }
 
+impl From<ApiError> for BatchError {
+    fn from(e: ApiError) -> Self {
+        let message = e.to_string();
+        match e {
+            ApiError::Validation { errors, .. } => BatchError { status_code: 422, message, errors },
+            ApiError::BadRequest(_) => BatchError { status_code: 400, message, errors: vec![] },
+            _ => BatchError { status_code: 422, message, errors: vec![] },
+        }
+    }
+}
+
 #[utoipa::path(post, path = "/events/batch", tag = "events",
     request_body = super::openapi::PublishBatch,
     responses((status = 200, description = "One result per event, in order; valid events are stored in one transaction", body = Envelope<Vec<BatchResult>>),
@@ -219,43 +230,35 @@ pub(crate) async fn publish_batch(
         return Err(ApiError::Forbidden("only a platform key may publish events".into()));
     }
     let bytes = read_body(&headers, body, BATCH_MAX_BODY).await?;
-    let mut items = None;
+    // `events` stays raw here: each event's nesting and fields are checked on their own, so
+    // an invalid event fails alone and every `data` is kept verbatim.
+    let mut items: Option<Vec<Box<RawValue>>> = None;
     let mut errors = Vec::new();
-    for (name, _, value) in parse_members(&bytes)? {
-        match (name.as_str(), value) {
-            ("events", Value::Array(list)) if (1..=BATCH_MAX_EVENTS).contains(&list.len()) => items = Some(list.len()),
-            ("events", Value::Array(_)) => {
+    for (name, raw) in parse_raw_members(&bytes, "body")? {
+        match (name.as_str(), serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())) {
+            ("events", Ok(list)) if (1..=BATCH_MAX_EVENTS).contains(&list.len()) => items = Some(list),
+            ("events", Ok(_)) => {
                 errors.push(FieldError::new("events", format!("must hold 1 to {BATCH_MAX_EVENTS} events")))
             }
-            ("events", _) => errors.push(FieldError::new("events", "must be an array of events")),
+            ("events", Err(_)) => errors.push(FieldError::new("events", "must be an array of events")),
             (other, _) => errors.push(FieldError::new(other, "unknown field")),
         }
     }
-    if items.is_none() && errors.is_empty() {
-        errors.push(FieldError::new("events", "is required"));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
-    }
-    // Each event again as raw members, so every `data` is kept verbatim.
-    #[derive(serde::Deserialize)]
-    struct RawBatch<'a> {
-        #[serde(borrow)]
-        events: Vec<&'a RawValue>,
-    }
-    let raw: RawBatch<'_> =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    let items = match items {
+        Some(items) if errors.is_empty() => items,
+        _ => {
+            if errors.is_empty() {
+                errors.push(FieldError::new("events", "is required"));
+            }
+            return Err(ApiError::invalid(errors));
+        }
+    };
     let mut valid = Vec::new();
-    let mut slots: Vec<Result<usize, BatchError>> = Vec::with_capacity(raw.events.len());
-    for item in raw.events {
-        let parsed = match parse_members(item.get().as_bytes()) {
-            Ok(members) => parse_event(&state, members, &["organizationId"]).map_err(|errors| BatchError {
-                status_code: 422,
-                message: ApiError::invalid(errors.clone()).to_string(),
-                errors,
-            }),
-            Err(e) => Err(BatchError { status_code: 422, message: e.to_string(), errors: vec![] }),
-        };
+    let mut slots: Vec<Result<usize, BatchError>> = Vec::with_capacity(items.len());
+    for item in items {
+        let parsed = parse_members_of(item.get().as_bytes(), "event").map_err(BatchError::from).and_then(|members| {
+            parse_event(&state, members, &["organizationId"]).map_err(|e| BatchError::from(ApiError::invalid(e)))
+        });
         slots.push(parsed.map(|p| {
             valid.push(p.into_event(Uuid::nil()));
             valid.len() - 1

@@ -254,17 +254,31 @@ impl<'de> Deserialize<'de> for Members {
 /// 422, never "the last one wins"), and whose values are valid JSON nested at most
 /// [`MAX_JSON_DEPTH`] levels. Returns each member with its raw text and parsed value.
 pub(crate) fn parse_members(bytes: &[u8]) -> Result<Vec<(String, Box<RawValue>, Value)>, ApiError> {
-    let Members(members) = serde_json::from_slice(bytes).map_err(|e| json_error("body", &e))?;
+    parse_members_of(bytes, "body")
+}
+
+/// [`parse_members`] for a JSON object named `what` in error messages (`body`, `event`).
+pub(crate) fn parse_members_of(bytes: &[u8], what: &str) -> Result<Vec<(String, Box<RawValue>, Value)>, ApiError> {
+    parse_raw_members(bytes, what)?
+        .into_iter()
+        .map(|(name, raw)| match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => Ok((name, raw, value)),
+            Err(e) => Err(json_error(&name, &e)),
+        })
+        .collect()
+}
+
+/// The members of a JSON object as raw JSON text, each given once; values are not parsed
+/// (nor their nesting checked).
+pub(crate) fn parse_raw_members(bytes: &[u8], what: &str) -> Result<Vec<(String, Box<RawValue>)>, ApiError> {
+    let Members(members) = serde_json::from_slice(bytes).map_err(|e| json_error(what, &e))?;
     let mut errors = Vec::new();
-    let mut out: Vec<(String, Box<RawValue>, Value)> = Vec::with_capacity(members.len());
+    let mut out: Vec<(String, Box<RawValue>)> = Vec::with_capacity(members.len());
     for (name, raw) in members {
-        if out.iter().any(|(n, _, _)| *n == name) {
+        if out.iter().any(|(n, _)| *n == name) {
             errors.push(FieldError::new(&name, "is given more than once"));
-            continue;
-        }
-        match serde_json::from_str::<Value>(raw.get()) {
-            Ok(value) => out.push((name, raw, value)),
-            Err(e) => return Err(json_error(&name, &e)),
+        } else {
+            out.push((name, raw));
         }
     }
     if errors.is_empty() {

@@ -248,7 +248,11 @@ pub(crate) async fn update(
     // Optimistic concurrency: the update applies to the version it was computed from; when
     // another write (a PATCH, or the worker disabling the webhook) came first, re-read and
     // apply the same changes again, so no change is lost and no transition is undone.
-    for _ in 0..8 {
+    for attempt in 0..32u64 {
+        if attempt > 0 {
+            // Spread the retries of requests that keep colliding.
+            tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % (2 * attempt))).await;
+        }
         let update = changes.apply(hook, Timestamp::now());
         match state.store.update_webhook(&update).await? {
             UpdateResult::Applied => return Ok(Json(Envelope::new(WebhookView::from(&update.webhook)))),

@@ -69,7 +69,7 @@ impl Dispatcher {
             Ok(Ok(answer)) => {
                 let code = answer.status;
                 result.status_code = Some(code);
-                result.response_body = Some(String::from_utf8_lossy(&answer.body).into_owned());
+                result.response_body = Some(storable_text(&answer.body));
                 result.outcome = match code {
                     200..=299 => Outcome::Success,
                     410 => Outcome::Gone,
@@ -142,8 +142,15 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// A receiver's bytes as text that every backend can store: UTF-8 with invalid bytes
+/// replaced, and NUL (which PostgreSQL's TEXT refuses) replaced too.
+fn storable_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{fffd}")
+}
+
 fn classify(e: reqwest::Error) -> (Outcome, String) {
     let (kind, message) = net::describe_error(&e.without_url());
+    let message = storable_text(message.as_bytes());
     let outcome = match kind {
         ErrorKind::Blocked => Outcome::Blocked,
         ErrorKind::Dns => Outcome::Dns,

@@ -234,26 +234,37 @@ async fn record_in_groups(
             }
         }
         let (records, acks): (Vec<AttemptRecord>, Vec<oneshot::Sender<()>>) = group.into_iter().unzip();
-        let mut backoff = Duration::from_millis(50);
-        for _ in 0..5 {
-            match store.record_attempts(&records, &policy).await {
-                Ok(disabled) => {
-                    for (record, reason) in records.iter().zip(disabled) {
-                        if let Some(reason) = reason {
-                            warn!(webhook_id = %record.webhook_id, reason = %reason, "webhook disabled");
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    error!(error = %e, count = records.len(), "recording attempts failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
+        if write(store.as_ref(), &records, &policy).await.is_err() && records.len() > 1 {
+            // One bad record must not sink the others: write them one by one.
+            for record in &records {
+                let _ = write(store.as_ref(), std::slice::from_ref(record), &policy).await;
             }
         }
         for ack in acks {
             let _ = ack.send(());
         }
     }
+}
+
+/// Writes a group of attempt records, retrying a passing failure a few times.
+async fn write(store: &dyn Store, records: &[AttemptRecord], policy: &crate::store::DisablePolicy) -> Result<(), ()> {
+    let mut backoff = Duration::from_millis(20);
+    for attempt in 1..=3 {
+        match store.record_attempts(records, policy).await {
+            Ok(disabled) => {
+                for (record, reason) in records.iter().zip(disabled) {
+                    if let Some(reason) = reason {
+                        warn!(webhook_id = %record.webhook_id, reason = %reason, "webhook disabled");
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                error!(error = %e, count = records.len(), attempt, "recording attempts failed");
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+            }
+        }
+    }
+    Err(())
 }

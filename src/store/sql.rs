@@ -186,9 +186,15 @@ macro_rules! shared_store {
             Ok(true)
         }
 
-        /// Whether a database error is a unique-constraint violation (a lost race).
-        fn is_unique_violation(e: &StoreError) -> bool {
-            matches!(e, StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
+        /// Whether a database error means a lost race with a concurrent transaction: a
+        /// unique-constraint violation, a deadlock, or a serialization failure.
+        fn is_lost_race(e: &StoreError) -> bool {
+            match e {
+                StoreError::Database(sqlx::Error::Database(d)) => {
+                    d.is_unique_violation() || matches!(d.code().as_deref(), Some("40P01" | "40001"))
+                }
+                _ => false,
+            }
         }
 
         impl $store {
@@ -226,12 +232,21 @@ macro_rules! shared_store {
                 let mut tx = self.write_pool().begin().await?;
                 // Each organization's subscriptions, read once per transaction.
                 let mut subscriptions: std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>> = Default::default();
-                let mut out = Vec::with_capacity(events.len());
-                for e in events {
-                    out.push(Self::publish_in(&mut tx, e, window, &mut subscriptions).await?);
+                // Keyed events go first, in (organization, key) order: concurrent batches then take
+                // the unique index's entries in one order, so they wait for each other instead
+                // of deadlocking. The sort is stable, so a key repeated within the batch still
+                // answers with its first occurrence; results come back in request order.
+                let mut order: Vec<usize> = (0..events.len()).collect();
+                order.sort_by(|&a, &b| {
+                    let key = |i: usize| (events[i].idempotency_key.is_none(), events[i].org_id, events[i].idempotency_key.as_deref());
+                    key(a).cmp(&key(b))
+                });
+                let mut out: Vec<Option<PublishedEvent>> = vec![None; events.len()];
+                for i in order {
+                    out[i] = Some(Self::publish_in(&mut tx, &events[i], window, &mut subscriptions).await?);
                 }
                 tx.commit().await?;
-                Ok(out)
+                Ok(out.into_iter().flatten().collect())
             }
 
             async fn publish_in(
@@ -592,11 +607,19 @@ macro_rules! shared_store {
             }
 
             async fn publish_batch(&self, events: &[NewEvent], window: __Duration) -> Result<Vec<PublishedEvent>> {
-                let published = match self.publish_all(events, window).await {
-                    Err(err) if events.iter().any(|e| e.idempotency_key.is_some()) && is_unique_violation(&err) => {
-                        self.publish_all(events, window).await?
+                // A race with a concurrent publish of the same idempotency key (several instances
+                // on PostgreSQL) ends in a unique violation or a deadlock: start over, and the
+                // retry finds the other publish's event.
+                let mut tries = 0;
+                let published = loop {
+                    match self.publish_all(events, window).await {
+                        Err(err) if tries < 8 && is_lost_race(&err) => {
+                            tries += 1;
+                            let pause = rand::random::<u64>() % (5 * tries);
+                            tokio::time::sleep(__Duration::from_millis(pause)).await;
+                        }
+                        other => break other?,
                     }
-                    other => other?,
                 };
                 if published.iter().any(|p| p.deliveries > 0 && !p.duplicate) {
                     self.signal.notify_one();

@@ -85,3 +85,58 @@ async fn batch_limits_and_permissions_are_enforced(backend: Backend) {
 }
 
 both!(batch_limits_and_permissions_are_enforced);
+
+async fn concurrent_batches_with_the_same_keys_make_each_event_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let org = Uuid::now_v7();
+    let batch = |reverse: bool| {
+        let mut events: Vec<Value> =
+            (0..40).map(|i| json!({"organizationId": org, "type": "email.sent", "data": {"i": i}, "idempotencyKey": format!("k{i}")})).collect();
+        if reverse {
+            events.reverse();
+        }
+        app.call("POST", "/events/batch", &app.platform_key, Some(json!({"events": events})))
+    };
+    let answers = futures::future::join_all((0..8).map(|i| batch(i % 2 == 1))).await;
+    let mut ids = std::collections::HashSet::new();
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for r in body["data"].as_array().unwrap() {
+            ids.insert(r["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(ids.len(), 40, "one event per key, whatever the interleaving");
+}
+
+both!(concurrent_batches_with_the_same_keys_make_each_event_once);
+
+async fn one_bad_item_fails_alone_whatever_is_wrong_with_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let org = Uuid::now_v7();
+    // 126 levels inside `data` are fine for a single publish, so they are fine in a batch.
+    let deep = format!("{}{}", "[".repeat(125), "]".repeat(125));
+    let too_deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let raw = format!(
+        r#"{{"events": [{{"organizationId": "{org}", "type": "email.sent", "data": {{"x": {deep}}}}}, 5,
+            {{"organizationId": "{org}", "type": "email.sent", "type": "email.sent", "data": {{}}}},
+            {{"organizationId": "{org}", "type": "email.sent", "data": {{"x": {too_deep}}}}}]}}"#
+    );
+    let resp = app
+        .client
+        .post(app.url("/events/batch"))
+        .header("X-Api-Key", &app.platform_key)
+        .header("Content-Type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    let r = body["data"].as_array().unwrap();
+    assert!(r[0]["id"].is_string(), "{}", r[0]);
+    assert_eq!(r[1]["error"]["errors"][0]["field"], "event");
+    assert_eq!(r[2]["error"]["errors"][0]["field"], "type");
+    assert_eq!(r[3]["error"]["errors"][0]["field"], "data");
+}
+
+both!(one_bad_item_fails_alone_whatever_is_wrong_with_it);

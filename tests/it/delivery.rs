@@ -470,3 +470,17 @@ async fn a_name_resolving_to_a_forbidden_address_is_blocked_at_connect_time(back
 }
 
 both!(a_name_resolving_to_a_forbidden_address_is_blocked_at_connect_time);
+
+async fn a_nul_byte_in_a_response_is_stored_as_a_replacement_character(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let receiver = TestReceiver::start_with(vec![], Reply::Body(200, b"ok\x00nul\xff".to_vec())).await;
+    let hook = app.create_webhook(&key, org, &receiver.url(), &["*"]).await;
+    app.publish(org, "email.sent", json!({})).await;
+    let list = app.wait_deliveries(&key, org, id(&hook), 1, |d| d["status"] == "succeeded").await;
+    assert_eq!(list[0]["lastResponseBody"], "ok\u{fffd}nul\u{fffd}");
+    assert_eq!(receiver.received().len(), 1, "recorded once, not sent again");
+}
+
+both!(a_nul_byte_in_a_response_is_stored_as_a_replacement_character);

@@ -258,6 +258,8 @@ async fn bad_delivery_queries_are_422(backend: Backend) {
         "cursor=zzz",
         "colour=blue",
         "status=failed&status=succeeded",
+        "eventType=%00",
+        "eventType=a%0Ab",
     ] {
         let (status, _) = app.call("GET", &format!("{base}?{q}"), &key, None).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{q}");
