@@ -44,6 +44,9 @@ pub struct WorkerConfig {
 
 type Recorded = (AttemptRecord, oneshot::Sender<()>);
 
+/// How long the claim loop waits after a slot frees, to refill several slots with one claim.
+const CLAIM_COALESCE: Duration = Duration::from_millis(2);
+
 pub struct Worker {
     store: Arc<dyn Store>,
     dispatcher: Dispatcher,
@@ -117,7 +120,11 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = signal.notified() => {}
-                _ = freed.notified() => {}
+                _ = freed.notified() => {
+                    // Attempts finish in bursts (their results commit in groups): give the rest
+                    // of the burst a moment, so one claim refills many slots instead of one.
+                    tokio::time::sleep(CLAIM_COALESCE).await;
+                }
                 _ = tokio::time::sleep(this.config.poll_interval) => {}
             }
         }

@@ -34,6 +34,8 @@ impl PostgresStore {
         Ok(Self { pool, signal: Arc::new(Notify::new()), cipher })
     }
 
+    const BEGIN_WRITE: &'static str = "BEGIN";
+
     fn write_pool(&self) -> &PgPool {
         &self.pool
     }

@@ -3,7 +3,7 @@
 //! [`Store`](super::Store) implementation is written once here, as a macro expanded in
 //! each backend's module over its own pool and row types. What differs (connecting,
 //! migrations, the claim statement and its locking) lives in the backend modules, which
-//! provide `write_pool()`, `read_pool()`, `CLAIM_SQL` and `lock_claims()`.
+//! provide `write_pool()`, `read_pool()`, `BEGIN_WRITE`, `CLAIM_SQL` and `lock_claims()`.
 
 /// Expands the shared `Store` implementation for `$store`, whose database is `$db`.
 macro_rules! shared_store {
@@ -229,7 +229,7 @@ macro_rules! shared_store {
 
             /// Publishes events in one transaction (one event, or a batch).
             async fn publish_all(&self, events: &[NewEvent], window: __Duration) -> Result<Vec<PublishedEvent>> {
-                let mut tx = self.write_pool().begin().await?;
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 // Each organization's subscriptions, read once per transaction.
                 let mut subscriptions: std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>> = Default::default();
                 // Keyed events go first, in (organization, key) order: concurrent batches then take
@@ -518,7 +518,7 @@ macro_rules! shared_store {
 
             async fn update_webhook(&self, u: &WebhookUpdate) -> Result<UpdateResult> {
                 let w = &u.webhook;
-                let mut tx = self.write_pool().begin().await?;
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let done = sqlx::query(
                     "UPDATE webhooks SET name = $1, description = $2, url = $3, events = $4, format = $5, status = $6,
                      disabled_reason = $7, disabled_at = $8, headers = $9, updated_at = $10,
@@ -584,7 +584,7 @@ macro_rules! shared_store {
             }
 
             async fn delete_webhook(&self, org_id: Uuid, id: Uuid, at: Timestamp) -> Result<bool> {
-                let mut tx = self.write_pool().begin().await?;
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let done = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND org_id = $2")
                     .bind(id)
                     .bind(org_id)
@@ -689,7 +689,7 @@ macro_rules! shared_store {
             }
 
             async fn claim_due(&self, r: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
-                let mut tx = self.write_pool().begin().await?;
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 Self::lock_claims(&mut tx).await?;
                 // Due deliveries of active webhooks, at most `per_webhook` per webhook counting
                 // the ones already leased (in flight here or in another process).
@@ -722,7 +722,7 @@ macro_rules! shared_store {
 
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {
                 // One transaction for many attempts: a group commit, one fsync for the lot.
-                let mut tx = self.write_pool().begin().await?;
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let mut out = Vec::with_capacity(records.len());
                 for a in records {
                     out.push(Self::record_in(&mut tx, a, policy).await?);
@@ -733,7 +733,7 @@ macro_rules! shared_store {
 
 
             async fn reencrypt(&self, new: &Cipher) -> Result<u64> {
-                let mut tx = self.write_pool().begin().await?;
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let rows = sqlx::query("SELECT id, secret, previous_secret FROM webhooks").fetch_all(&mut *tx).await?;
                 for row in &rows {
                     let id: Uuid = row.try_get("id")?;
@@ -770,7 +770,7 @@ macro_rules! shared_store {
             async fn purge_older_than(&self, cutoff: Timestamp, batch: u32) -> Result<u64> {
                 // Oldest finished events first; an event goes with its deliveries and their
                 // attempts, and only once none of its deliveries is still open.
-                let mut tx = self.write_pool().begin().await?;
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let events: Vec<Uuid> = sqlx::query_scalar(&format!(
                     "SELECT e.id FROM events e WHERE e.created_at < $1
                        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status IN {OPEN})

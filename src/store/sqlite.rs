@@ -61,6 +61,11 @@ impl SqliteStore {
         Ok(Self { writer, reader, signal: Arc::new(Notify::new()), cipher })
     }
 
+    /// Write transactions take the write lock up front: a deferred one that read first and
+    /// then writes fails at once with `SQLITE_BUSY` (no busy wait) if another connection,
+    /// such as a CLI command on the same file, wrote in between.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
     fn write_pool(&self) -> &SqlitePool {
         &self.writer
     }
