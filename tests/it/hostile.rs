@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::helpers::{spawn_app_with, Backend, TestDb};
-use crate::process::{create_key, free_port, post, Server};
+use crate::process::{create_key, free_port, Server};
 
 #[derive(Clone, Copy)]
 enum Hostile {
@@ -139,22 +139,17 @@ async fn the_service_memory_stays_bounded_while_receivers_send_50_mib_bodies() {
     let client = reqwest::Client::new();
     let org = Uuid::now_v7();
     let addr = hostile_receiver(Hostile::HugeBody(50 * 1024 * 1024)).await;
-    let (status, hook) = post(
-        &client,
-        format!("{}/organizations/{org}/webhooks-outbound", server.base),
-        &platform,
-        json!({"name": "huge", "url": format!("http://{addr}/hook"), "events": ["*"]}),
-    )
-    .await;
-    assert_eq!(status, 201);
-    for _ in 0..5 {
-        post(
+    let (status, hook) = server
+        .post_webhook(
             &client,
-            format!("{}/organizations/{org}/events", server.base),
             &platform,
-            json!({"type": "email.sent", "data": {}}),
+            org,
+            json!({"name": "huge", "url": format!("http://{addr}/hook"), "events": ["*"]}),
         )
         .await;
+    assert_eq!(status, 201);
+    for _ in 0..5 {
+        server.publish(&client, &platform, org, json!({"type": "email.sent", "data": {}})).await;
     }
     let url = format!(
         "{}/organizations/{org}/webhooks-outbound/{}/deliveries",

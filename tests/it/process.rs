@@ -117,6 +117,18 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Creates a webhook for `org` through the API; returns the status and the body.
+    pub async fn post_webhook(&self, client: &reqwest::Client, key: &str, org: Uuid, body: Value) -> (u16, Value) {
+        post(client, format!("{}/organizations/{org}/webhooks-outbound", self.base), key, body).await
+    }
+
+    /// Publishes an event for `org` through the API; returns the status and the body.
+    pub async fn publish(&self, client: &reqwest::Client, key: &str, org: Uuid, body: Value) -> (u16, Value) {
+        post(client, format!("{}/organizations/{org}/events", self.base), key, body).await
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -124,7 +136,7 @@ impl Drop for Server {
     }
 }
 
-pub async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> (u16, Value) {
+async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> (u16, Value) {
     let resp = client.post(url).header("X-Api-Key", key).json(&body).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
@@ -211,23 +223,13 @@ async fn a_server_killed_mid_delivery_loses_no_event_that_got_a_202(backend: Bac
     ];
     let mut server = Server::start(dir.path(), &db, port, &env).await;
     let client = reqwest::Client::new();
-    let (status, _) = post(
-        &client,
-        format!("{}/organizations/{org}/webhooks-outbound", server.base),
-        &org_key,
-        json!({"name": "r", "url": receiver.url(), "events": ["*"]}),
-    )
-    .await;
+    let (status, _) =
+        server.post_webhook(&client, &org_key, org, json!({"name": "r", "url": receiver.url(), "events": ["*"]})).await;
     assert_eq!(status, 201);
     let mut accepted = Vec::new();
     for i in 0..30 {
-        let (status, body) = post(
-            &client,
-            format!("{}/organizations/{org}/events", server.base),
-            &platform,
-            json!({"type": "email.sent", "data": {"i": i}}),
-        )
-        .await;
+        let (status, body) =
+            server.publish(&client, &platform, org, json!({"type": "email.sent", "data": {"i": i}})).await;
         assert_eq!(status, 202);
         accepted.push(body["data"]["id"].as_str().unwrap().to_string());
     }
@@ -261,21 +263,11 @@ async fn sigterm_lets_in_flight_attempts_finish_and_exits_zero_in_time(backend: 
     let receiver = TestReceiver::start_with(vec![], Reply::Delayed(Duration::from_millis(800), 200)).await;
     let mut server = Server::start(dir.path(), &db, free_port(), &[("MOSEND_WEBHOOKS_DELIVERY_TIMEOUT", "3s")]).await;
     let client = reqwest::Client::new();
-    let (status, hook) = post(
-        &client,
-        format!("{}/organizations/{org}/webhooks-outbound", server.base),
-        &platform,
-        json!({"name": "r", "url": receiver.url(), "events": ["*"]}),
-    )
-    .await;
+    let (status, hook) = server
+        .post_webhook(&client, &platform, org, json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
+        .await;
     assert_eq!(status, 201);
-    post(
-        &client,
-        format!("{}/organizations/{org}/events", server.base),
-        &platform,
-        json!({"type": "email.sent", "data": {}}),
-    )
-    .await;
+    server.publish(&client, &platform, org, json!({"type": "email.sent", "data": {}})).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     server.signal(Signal::SIGTERM);
     let (status, took) = server.wait_exit(Duration::from_secs(8)).await;
@@ -310,13 +302,8 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     )
     .await;
     let client = reqwest::Client::new();
-    let (_, hook) = post(
-        &client,
-        format!("{}/organizations/{org}/webhooks-outbound", server.base),
-        &org_key,
-        json!({"name": "r", "url": receiver.url(), "events": ["*"]}),
-    )
-    .await;
+    let (_, hook) =
+        server.post_webhook(&client, &org_key, org, json!({"name": "r", "url": receiver.url(), "events": ["*"]})).await;
     let secret = hook["data"]["secret"].as_str().unwrap().to_string();
     let resp = client
         .get(format!(
@@ -329,22 +316,10 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    post(
-        &client,
-        format!("{}/organizations/{org}/events", server.base),
-        &platform,
-        json!({"type": "email.sent", "data": {}}),
-    )
-    .await;
+    server.publish(&client, &platform, org, json!({"type": "email.sent", "data": {}})).await;
     receiver.wait_for(2, Duration::from_secs(10)).await;
     // A bad key is logged nowhere either.
-    post(
-        &client,
-        format!("{}/organizations/{org}/events", server.base),
-        "mk_live_aaaaaaaaaaaa.wrongwrongwrongwrongwrongwrongwrong",
-        json!({}),
-    )
-    .await;
+    server.publish(&client, "mk_live_aaaaaaaaaaaa.wrongwrongwrongwrongwrongwrongwrong", org, json!({})).await;
     server.signal(Signal::SIGTERM);
     let mut server = server;
     server.wait_exit(Duration::from_secs(15)).await;
@@ -365,13 +340,9 @@ async fn reencrypt_reseals_every_secret_under_a_new_key(backend: Backend) {
     let org = Uuid::now_v7();
     let mut server = Server::start(dir.path(), &db, free_port(), &[]).await;
     let client = reqwest::Client::new();
-    let (status, hook) = post(
-        &client,
-        format!("{}/organizations/{org}/webhooks-outbound", server.base),
-        &platform,
-        json!({"name": "r", "url": "https://example.com/h", "events": ["*"]}),
-    )
-    .await;
+    let (status, hook) = server
+        .post_webhook(&client, &platform, org, json!({"name": "r", "url": "https://example.com/h", "events": ["*"]}))
+        .await;
     assert_eq!(status, 201);
     let secret = hook["data"]["secret"].as_str().unwrap().to_string();
     let rotate = format!(

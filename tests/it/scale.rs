@@ -12,7 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{postgres_available, wait_until, Backend, Reply, TestDb, TestReceiver};
-use crate::process::{command_on, create_key, free_port, post, Server};
+use crate::process::{command_on, create_key, free_port, Server};
 
 const ENV: &[(&str, &str)] = &[
     ("MOSEND_WEBHOOKS_DELIVERY_TIMEOUT", "2s"),
@@ -76,23 +76,14 @@ async fn three_workers_and_an_api_share_one_queue_and_lose_nothing_when_a_worker
     ];
 
     let client = reqwest::Client::new();
-    let (status, _) = post(
-        &client,
-        format!("{}/organizations/{org}/webhooks-outbound", api.base),
-        &platform,
-        json!({"name": "slow", "url": receiver.url(), "events": ["*"]}),
-    )
-    .await;
+    let (status, _) = api
+        .post_webhook(&client, &platform, org, json!({"name": "slow", "url": receiver.url(), "events": ["*"]}))
+        .await;
     assert_eq!(status, 201);
     let mut accepted = HashSet::new();
     for i in 0..500 {
-        let (status, body) = post(
-            &client,
-            format!("{}/organizations/{org}/events", api.base),
-            &platform,
-            json!({"type": "email.sent", "data": {"i": i}}),
-        )
-        .await;
+        let (status, body) =
+            api.publish(&client, &platform, org, json!({"type": "email.sent", "data": {"i": i}})).await;
         assert_eq!(status, 202, "{body}");
         accepted.insert(body["data"]["id"].as_str().unwrap().to_string());
         if i == 150 {
