@@ -53,6 +53,7 @@ pub enum RunError {
 /// The API router over a store, as `serve` builds it.
 pub fn app(config: &Config, store: Arc<dyn Store>) -> axum::Router {
     api::router(api::AppState {
+        publisher: store::Publisher::start(store.clone(), config.idempotency_window),
         store,
         catalogue: Arc::new(config.catalogue.clone()),
         allow: config.allowed_private_cidrs.clone(),

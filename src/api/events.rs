@@ -159,7 +159,7 @@ pub(crate) async fn publish(
     }
     let parsed = parsed.map_err(ApiError::invalid)?;
     let event = parsed.into_event(access.org);
-    let published = state.store.publish_event(&event, state.idempotency_window).await?;
+    let published = state.publisher.publish(event).await?;
     metrics::counter!("mosend_webhooks_events_published_total").increment(u64::from(!published.duplicate));
     metrics::counter!("mosend_webhooks_deliveries_scheduled_total").increment(if published.duplicate {
         0

@@ -30,7 +30,7 @@ use tower_http::{
 };
 
 use crate::domain::{address::AllowList, event_type::Catalogue, time::Timestamp};
-use crate::store::Store;
+use crate::store::{Publisher, Store};
 
 /// API request bodies are at most this large (SPEC §2).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -38,6 +38,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Single-event publishes, committed in groups.
+    pub publisher: Publisher,
     pub catalogue: Arc<Catalogue>,
     pub allow: AllowList,
     pub metrics: Option<PrometheusHandle>,

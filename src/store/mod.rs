@@ -5,6 +5,7 @@
 
 pub mod cipher;
 mod postgres;
+mod publisher;
 mod sql;
 mod sqlite;
 
@@ -24,6 +25,7 @@ use crate::domain::{
 
 pub use cipher::{Cipher, EncryptionKey};
 pub use postgres::PostgresStore;
+pub use publisher::Publisher;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

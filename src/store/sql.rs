@@ -156,6 +156,23 @@ macro_rules! shared_store {
             format!("({})", list.join(", "))
         }
 
+        /// `($1, …, $k), ($k+1, …)`: `rows` rows of `width` values each.
+        fn value_rows(rows: usize, width: usize) -> String {
+            (0..rows).map(|r| placeholders(r * width + 1, width)).collect::<Vec<_>>().join(", ")
+        }
+
+        /// Splits `n` rows into chunks whose sizes are powers of two (at most 256), so a
+        /// multi-row statement has few distinct shapes and stays in the statement cache.
+        fn pow2_chunks(mut n: usize) -> Vec<usize> {
+            let mut out = Vec::new();
+            while n > 0 {
+                let size = 1usize << (usize::BITS - 1 - n.leading_zeros()).min(8);
+                out.push(size);
+                n -= size;
+            }
+            out
+        }
+
         /// Cancels the open deliveries of a webhook (deleted or disabled).
         async fn cancel_open(tx: &mut Conn, webhook_id: Uuid, at: Timestamp) -> Result<u64> {
             let done = sqlx::query(&format!(
@@ -227,11 +244,15 @@ macro_rules! shared_store {
                 }
             }
 
-            /// Publishes events in one transaction (one event, or a batch).
+            /// Publishes events in one transaction (one event, a batch, or a group of
+            /// concurrent publishes): the organizations' subscriptions are read once, and the
+            /// events and their deliveries are written with multi-row inserts.
             async fn publish_all(&self, events: &[NewEvent], window: __Duration) -> Result<Vec<PublishedEvent>> {
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
-                // Each organization's subscriptions, read once per transaction.
-                let mut subscriptions: std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>> = Default::default();
+                let mut orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
+                orgs.sort_unstable();
+                orgs.dedup();
+                let subscriptions = Self::subscriptions(&mut tx, &orgs).await?;
                 // Keyed events go first, in (organization, key) order: concurrent batches then take
                 // the unique index's entries in one order, so they wait for each other instead
                 // of deadlocking. The sort is stable, so a key repeated within the batch still
@@ -242,113 +263,151 @@ macro_rules! shared_store {
                     key(a).cmp(&key(b))
                 });
                 let mut out: Vec<Option<PublishedEvent>> = vec![None; events.len()];
+                let mut first_of_key: std::collections::HashMap<(Uuid, &str), usize> = Default::default();
+                let mut fresh: Vec<(&NewEvent, u32)> = Vec::with_capacity(events.len());
+                let mut deliveries: Vec<(Uuid, &NewEvent)> = Vec::new();
                 for i in order {
-                    out[i] = Some(Self::publish_in(&mut tx, &events[i], window, &mut subscriptions).await?);
+                    let e = &events[i];
+                    if let Some(key) = e.idempotency_key.as_deref() {
+                        if let Some(&first) = first_of_key.get(&(e.org_id, key)) {
+                            out[i] = out[first].clone().map(|p| PublishedEvent { duplicate: true, ..p });
+                            continue;
+                        }
+                        first_of_key.insert((e.org_id, key), i);
+                        if let Some(existing) = Self::existing_event(&mut tx, e, key, window).await? {
+                            out[i] = Some(existing);
+                            continue;
+                        }
+                    }
+                    let before = deliveries.len();
+                    if let Some(hooks) = subscriptions.get(&e.org_id) {
+                        deliveries.extend(
+                            hooks.iter().filter(|(_, types)| event_type::matches(types, &e.event_type)).map(|(id, _)| (*id, e)),
+                        );
+                    }
+                    let count = u32::try_from(deliveries.len() - before).unwrap_or(u32::MAX);
+                    out[i] = Some(PublishedEvent {
+                        id: e.id,
+                        event_type: e.event_type.clone(),
+                        created_at: e.created_at,
+                        deliveries: count,
+                        duplicate: false,
+                    });
+                    fresh.push((e, count));
+                }
+                let mut at = 0;
+                for n in pow2_chunks(fresh.len()) {
+                    let sql = format!(
+                        "INSERT INTO events (id, org_id, type, data, idempotency_key, deliveries, created_at) VALUES {}",
+                        value_rows(n, 7)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (e, count) in &fresh[at..at + n] {
+                        query = query
+                            .bind(e.id)
+                            .bind(e.org_id)
+                            .bind(&e.event_type)
+                            .bind(&e.data)
+                            .bind(&e.idempotency_key)
+                            .bind(i64::from(*count))
+                            .bind(e.created_at.0);
+                    }
+                    query.execute(&mut *tx).await?;
+                    at += n;
+                }
+                let mut at = 0;
+                for n in pow2_chunks(deliveries.len()) {
+                    let sql = format!(
+                        "INSERT INTO deliveries (id, webhook_id, org_id, event_id, event_type, status, next_attempt_at, created_at, updated_at) VALUES {}",
+                        value_rows(n, 9)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (webhook_id, e) in &deliveries[at..at + n] {
+                        query = query
+                            .bind(Uuid::now_v7())
+                            .bind(webhook_id)
+                            .bind(e.org_id)
+                            .bind(e.id)
+                            .bind(&e.event_type)
+                            .bind(DeliveryStatus::Pending.as_str())
+                            .bind(e.created_at.0)
+                            .bind(e.created_at.0)
+                            .bind(e.created_at.0);
+                    }
+                    query.execute(&mut *tx).await?;
+                    at += n;
                 }
                 tx.commit().await?;
                 Ok(out.into_iter().flatten().collect())
             }
 
-            async fn publish_in(
+            /// The webhooks of these organizations that take new deliveries (active or
+            /// paused), with their subscriptions.
+            async fn subscriptions(
                 tx: &mut Conn,
-                e: &NewEvent,
-                window: __Duration,
-                subscriptions: &mut std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>>,
-            ) -> Result<PublishedEvent> {
-                if let Some(key) = &e.idempotency_key {
-                    let existing = sqlx::query(
-                        "SELECT id, type, created_at, deliveries FROM events WHERE org_id = $1 AND idempotency_key = $2",
-                    )
-                    .bind(e.org_id)
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(row) = existing {
-                        let created_at = ts(&row, "created_at")?;
-                        if created_at > e.created_at.minus(window) {
-                            return Ok(PublishedEvent {
-                                id: row.try_get("id")?,
-                                event_type: row.try_get("type")?,
-                                created_at,
-                                deliveries: count(&row, "deliveries")?,
-                                duplicate: true,
-                            });
-                        }
-                        // Past the window the key is free again.
-                        sqlx::query("UPDATE events SET idempotency_key = NULL WHERE org_id = $1 AND idempotency_key = $2")
-                            .bind(e.org_id)
-                            .bind(key)
-                            .execute(&mut *tx)
-                            .await?;
+                orgs: &[Uuid],
+            ) -> Result<std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>>> {
+                let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>> = Default::default();
+                let mut at = 0;
+                for n in pow2_chunks(orgs.len()) {
+                    let sql = format!(
+                        "SELECT id, org_id, events FROM webhooks WHERE org_id IN {} AND status IN ('active', 'paused')",
+                        placeholders(1, n)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for org in &orgs[at..at + n] {
+                        query = query.bind(org);
                     }
-                }
-                if !subscriptions.contains_key(&e.org_id) {
-                    let rows =
-                        sqlx::query("SELECT id, events FROM webhooks WHERE org_id = $1 AND status IN ('active', 'paused')")
-                            .bind(e.org_id)
-                            .fetch_all(&mut *tx)
-                            .await?;
-                    let mut list = Vec::with_capacity(rows.len());
-                    for row in &rows {
+                    for row in query.fetch_all(&mut *tx).await? {
                         let events: Vec<String> = serde_json::from_str(row.try_get("events")?)
                             .map_err(|_| StoreError::Corrupt("webhook events".into()))?;
-                        list.push((row.try_get("id")?, events));
+                        out.entry(row.try_get("org_id")?).or_default().push((row.try_get("id")?, events));
                     }
-                    subscriptions.insert(e.org_id, list);
+                    at += n;
                 }
-                let targets: Vec<Uuid> = subscriptions[&e.org_id]
-                    .iter()
-                    .filter(|(_, events)| event_type::matches(events, &e.event_type))
-                    .map(|(id, _)| *id)
-                    .collect();
-                let deliveries = u32::try_from(targets.len()).unwrap_or(u32::MAX);
-                sqlx::query(
-                    "INSERT INTO events (id, org_id, type, data, idempotency_key, deliveries, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(e.id)
-                .bind(e.org_id)
-                .bind(&e.event_type)
-                .bind(&e.data)
-                .bind(&e.idempotency_key)
-                .bind(i64::from(deliveries))
-                .bind(e.created_at.0)
-                .execute(&mut *tx)
-                .await?;
-                for webhook_id in &targets {
-                    sqlx::query(
-                        "INSERT INTO deliveries (id, webhook_id, org_id, event_id, event_type, status, next_attempt_at, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)",
-                    )
-                    .bind(Uuid::now_v7())
-                    .bind(webhook_id)
+                Ok(out)
+            }
+
+            /// The event stored under this idempotency key within the window, if any; past
+            /// the window the key is freed for the new event.
+            async fn existing_event(tx: &mut Conn, e: &NewEvent, key: &str, window: __Duration) -> Result<Option<PublishedEvent>> {
+                let existing =
+                    sqlx::query("SELECT id, type, created_at, deliveries FROM events WHERE org_id = $1 AND idempotency_key = $2")
+                        .bind(e.org_id)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(row) = existing else { return Ok(None) };
+                let created_at = ts(&row, "created_at")?;
+                if created_at > e.created_at.minus(window) {
+                    return Ok(Some(PublishedEvent {
+                        id: row.try_get("id")?,
+                        event_type: row.try_get("type")?,
+                        created_at,
+                        deliveries: count(&row, "deliveries")?,
+                        duplicate: true,
+                    }));
+                }
+                sqlx::query("UPDATE events SET idempotency_key = NULL WHERE org_id = $1 AND idempotency_key = $2")
                     .bind(e.org_id)
-                    .bind(e.id)
-                    .bind(&e.event_type)
-                    .bind(e.created_at.0)
+                    .bind(key)
                     .execute(&mut *tx)
                     .await?;
-                }
-                Ok(PublishedEvent {
-                    id: e.id,
-                    event_type: e.event_type.clone(),
-                    created_at: e.created_at,
-                    deliveries,
-                    duplicate: false,
-                })
+                Ok(None)
             }
         }
 
         impl $store {
-            async fn record_in(tx: &mut Conn, a: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>> {
+            /// Records one attempt on its delivery; `false` when the lease was lost (it expired
+            /// and another worker took the delivery), so the attempt is not ours to record.
+            async fn record_delivery(tx: &mut Conn, a: &AttemptRecord) -> Result<bool> {
                 let now = a.attempted_at.plus(__Duration::from_millis(u64::try_from(a.duration_ms).unwrap_or(0)));
                 let (status, next_at, delivered_at) = match a.next {
                     NextStep::Succeeded => (DeliveryStatus::Succeeded, None, Some(now.0)),
                     NextStep::RetryAt(at) => (DeliveryStatus::Retrying, Some(at.0), None),
                     NextStep::Failed => (DeliveryStatus::Failed, None, None),
                 };
-                // A delivery cancelled while its attempt was in flight stays cancelled; a lease
-                // lost to another worker (it expired) is not ours to record.
+                // A delivery cancelled while its attempt was in flight stays cancelled.
                 let done = sqlx::query(
                     "UPDATE deliveries SET attempts = attempts + 1, last_status_code = $1, last_error = $2,
                          last_response_body = $3, last_duration_ms = $4, updated_at = $5,
@@ -370,55 +429,69 @@ macro_rules! shared_store {
                 .bind(a.token)
                 .execute(&mut *tx)
                 .await?;
-                if done.rows_affected() == 0 {
-                    return Ok(None);
-                }
-                sqlx::query(
-                    "INSERT INTO attempts (id, delivery_id, attempted_at, duration_ms, status_code, outcome, error, response_body)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(Uuid::now_v7())
-                .bind(a.delivery_id)
-                .bind(a.attempted_at.0)
-                .bind(a.duration_ms)
-                .bind(a.status_code.map(i64::from))
-                .bind(a.outcome.code())
-                .bind(&a.error)
-                .bind(&a.response_body)
-                .execute(&mut *tx)
-                .await?;
+                Ok(done.rows_affected() > 0)
+            }
 
-                let mut disabled = None;
-                if a.outcome == Outcome::Success {
-                    sqlx::query("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0")
-                        .bind(a.webhook_id)
-                        .execute(&mut *tx)
-                        .await?;
-                } else {
-                    let streak = sqlx::query(
-                        "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1), failed_attempts = failed_attempts + 1
-                         WHERE id = $2 RETURNING failing_since, failed_attempts",
-                    )
-                    .bind(a.attempted_at.0)
-                    .bind(a.webhook_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let reason = if a.outcome == Outcome::Gone {
-                        Some("the receiver answered 410 Gone".to_string())
-                    } else if let Some(row) = streak {
-                        let since: i64 = row.try_get("failing_since")?;
-                        let failed = count(&row, "failed_attempts")?;
-                        crate::store::disable_reason(policy, since, now.0, failed, a.error.as_deref())
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = reason {
-                        if disable(tx, a.webhook_id, &reason, now).await? {
-                            disabled = Some(reason);
-                        }
+            /// The attempt rows of a group, with multi-row inserts.
+            async fn insert_attempts(tx: &mut Conn, attempts: &[&AttemptRecord]) -> Result<()> {
+                let mut at = 0;
+                for n in pow2_chunks(attempts.len()) {
+                    let sql = format!(
+                        "INSERT INTO attempts (id, delivery_id, attempted_at, duration_ms, status_code, outcome, error, response_body) VALUES {}",
+                        value_rows(n, 8)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for a in &attempts[at..at + n] {
+                        query = query
+                            .bind(Uuid::now_v7())
+                            .bind(a.delivery_id)
+                            .bind(a.attempted_at.0)
+                            .bind(a.duration_ms)
+                            .bind(a.status_code.map(i64::from))
+                            .bind(a.outcome.code())
+                            .bind(&a.error)
+                            .bind(&a.response_body);
                     }
+                    query.execute(&mut *tx).await?;
+                    at += n;
                 }
-                Ok(disabled)
+                Ok(())
+            }
+
+            /// A success ends the webhook's failure streak.
+            async fn end_failure_streak(tx: &mut Conn, webhook_id: Uuid) -> Result<()> {
+                sqlx::query("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0")
+                    .bind(webhook_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// A failure extends the webhook's failure streak, and disables the webhook when
+            /// the streak is long enough (or at once on 410 Gone). Returns why it was disabled.
+            async fn count_failure(tx: &mut Conn, a: &AttemptRecord, policy: &DisablePolicy) -> Result<Option<String>> {
+                let now = a.attempted_at.plus(__Duration::from_millis(u64::try_from(a.duration_ms).unwrap_or(0)));
+                let streak = sqlx::query(
+                    "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1), failed_attempts = failed_attempts + 1
+                     WHERE id = $2 RETURNING failing_since, failed_attempts",
+                )
+                .bind(a.attempted_at.0)
+                .bind(a.webhook_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let reason = if a.outcome == Outcome::Gone {
+                    Some("the receiver answered 410 Gone".to_string())
+                } else if let Some(row) = streak {
+                    let since: i64 = row.try_get("failing_since")?;
+                    let failed = count(&row, "failed_attempts")?;
+                    crate::store::disable_reason(policy, since, now.0, failed, a.error.as_deref())
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) if disable(tx, a.webhook_id, &reason, now).await? => Ok(Some(reason)),
+                    _ => Ok(None),
+                }
             }
         }
 
@@ -723,14 +796,34 @@ macro_rules! shared_store {
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {
                 // One transaction for many attempts: a group commit, one fsync for the lot.
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
-                let mut out = Vec::with_capacity(records.len());
-                for a in records {
-                    out.push(Self::record_in(&mut tx, a, policy).await?);
+                let mut out = vec![None; records.len()];
+                let mut recorded = Vec::with_capacity(records.len());
+                // Webhooks whose failure streak a success in this group ends: reset once each,
+                // before a later failure of the same webhook counts.
+                let mut succeeded: Vec<Uuid> = Vec::new();
+                for (i, a) in records.iter().enumerate() {
+                    if !Self::record_delivery(&mut tx, a).await? {
+                        continue;
+                    }
+                    recorded.push(a);
+                    if a.outcome == Outcome::Success {
+                        if !succeeded.contains(&a.webhook_id) {
+                            succeeded.push(a.webhook_id);
+                        }
+                        continue;
+                    }
+                    if let Some(pos) = succeeded.iter().position(|w| *w == a.webhook_id) {
+                        Self::end_failure_streak(&mut tx, succeeded.swap_remove(pos)).await?;
+                    }
+                    out[i] = Self::count_failure(&mut tx, a, policy).await?;
                 }
+                for webhook_id in succeeded {
+                    Self::end_failure_streak(&mut tx, webhook_id).await?;
+                }
+                Self::insert_attempts(&mut tx, &recorded).await?;
                 tx.commit().await?;
                 Ok(out)
             }
-
 
             async fn reencrypt(&self, new: &Cipher) -> Result<u64> {
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;

@@ -120,3 +120,55 @@ async fn the_idempotency_window_expires(backend: Backend) {
 }
 
 both!(the_idempotency_window_expires);
+
+async fn concurrent_publishes_are_committed_together_yet_each_gets_its_own_answer(backend: Backend) {
+    // Single publishes arriving together share one transaction (group commit); keys shared
+    // between them must still make one event each, and every caller gets its own result.
+    let app = spawn_app(backend).await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let hook = app.create_webhook(&key, org, "https://example.com/h", &["email.*"]).await;
+    let path = format!("/organizations/{org}/events");
+    let calls = (0..90).map(|i| {
+        let body = match i % 3 {
+            0 => json!({"type": "email.sent", "data": {"i": i}}),
+            1 => json!({"type": "email.sent", "data": {"i": i}, "idempotencyKey": format!("k{}", i % 10)}),
+            _ => json!({"type": "contact.unsubscribed", "data": {"i": i}}),
+        };
+        let (app, path) = (&app, &path);
+        async move { (i, app.call("POST", path, &app.platform_key, Some(body)).await) }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut unkeyed = std::collections::HashSet::new();
+    let mut keyed: std::collections::HashMap<usize, Vec<(StatusCode, serde_json::Value)>> = Default::default();
+    for (i, (status, body)) in answers {
+        let data = body["data"].clone();
+        match i % 3 {
+            0 => {
+                assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                assert_eq!(data["deliveries"], 1);
+                assert!(unkeyed.insert(data["id"].as_str().unwrap().to_string()), "each publish is its own event");
+            }
+            1 => keyed.entry(i % 10).or_default().push((status, data)),
+            _ => {
+                assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                assert_eq!(data["deliveries"], 0, "no webhook takes contact events: {body}");
+            }
+        }
+    }
+    assert_eq!(unkeyed.len(), 30);
+    assert_eq!(keyed.len(), 10);
+    for (k, answers) in &keyed {
+        let first: Vec<_> = answers.iter().filter(|(s, _)| *s == StatusCode::ACCEPTED).collect();
+        assert_eq!(first.len(), 1, "key k{k}: one 202, the others 200: {answers:?}");
+        for (status, data) in answers {
+            assert_eq!(data["id"], first[0].1["id"], "key k{k}");
+            assert_eq!(data["deliveries"], 1);
+            assert_eq!(*status == StatusCode::OK, data["duplicate"] == true);
+        }
+    }
+    let stored = app.deliveries(&key, org, hook["id"].as_str().unwrap()).await;
+    assert_eq!(stored.len(), 40, "30 unkeyed events and 10 keyed ones");
+}
+
+both!(concurrent_publishes_are_committed_together_yet_each_gets_its_own_answer);
