@@ -55,23 +55,30 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// `$1` now, `$2` per-webhook limit, `$3` batch, `$4` lease end, `$5` token.
-    const CLAIM_SQL: &'static str = "
+    /// `$1` now, `$2` per-webhook limit, `$3` batch, `$4` lease end, `$5` token, `$6` how
+    /// many due deliveries to read per webhook. Each active webhook contributes at most
+    /// `$6` of its oldest due deliveries, fewer when some are already leased (a lateral
+    /// read of the `deliveries_queue` index), so a claim costs O(active webhooks + batch)
+    /// whatever the backlog; the oldest of those go first.
+    #[doc(hidden)] // public for the test that checks its plan
+    pub const CLAIM_SQL: &'static str = "
         WITH inflight AS (
             SELECT webhook_id, COUNT(*) AS n FROM deliveries
             WHERE lease_until > $1 AND status IN ('pending', 'retrying') GROUP BY webhook_id
         ),
         due AS (
-            SELECT d.id, d.webhook_id, d.next_attempt_at,
-                   ROW_NUMBER() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS rn
-            FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-            WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1
-              AND (d.lease_until IS NULL OR d.lease_until <= $1) AND w.status = 'active'
+            SELECT q.id, q.next_attempt_at
+            FROM webhooks w LEFT JOIN inflight i ON i.webhook_id = w.id
+            CROSS JOIN LATERAL (
+                SELECT d.id, d.next_attempt_at FROM deliveries d
+                WHERE d.webhook_id = w.id AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1
+                  AND (d.lease_until IS NULL OR d.lease_until <= $1)
+                ORDER BY d.next_attempt_at LIMIT GREATEST(LEAST($6, $2 - COALESCE(i.n, 0)), 0)
+            ) q
+            WHERE w.status = 'active'
         ),
         picked AS (
-            SELECT due.id FROM due LEFT JOIN inflight i ON i.webhook_id = due.webhook_id
-            WHERE due.rn + COALESCE(i.n, 0) <= $2
-            ORDER BY due.next_attempt_at, due.id LIMIT $3
+            SELECT id FROM due ORDER BY next_attempt_at, id LIMIT $3
         ),
         locked AS (
             SELECT d.id FROM deliveries d

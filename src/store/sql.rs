@@ -398,38 +398,50 @@ macro_rules! shared_store {
         }
 
         impl $store {
-            /// Records one attempt on its delivery; `false` when the lease was lost (it expired
-            /// and another worker took the delivery), so the attempt is not ours to record.
-            async fn record_delivery(tx: &mut Conn, a: &AttemptRecord) -> Result<bool> {
-                let now = a.attempted_at.plus(__Duration::from_millis(u64::try_from(a.duration_ms).unwrap_or(0)));
-                let (status, next_at, delivered_at) = match a.next {
-                    NextStep::Succeeded => (DeliveryStatus::Succeeded, None, Some(now.0)),
-                    NextStep::RetryAt(at) => (DeliveryStatus::Retrying, Some(at.0), None),
-                    NextStep::Failed => (DeliveryStatus::Failed, None, None),
-                };
-                // A delivery cancelled while its attempt was in flight stays cancelled.
-                let done = sqlx::query(
-                    "UPDATE deliveries SET attempts = attempts + 1, last_status_code = $1, last_error = $2,
-                         last_response_body = $3, last_duration_ms = $4, updated_at = $5,
-                         status = CASE WHEN status = 'cancelled' THEN status ELSE $6 END,
-                         next_attempt_at = CASE WHEN status = 'cancelled' THEN NULL ELSE $7 END,
-                         delivered_at = COALESCE(delivered_at, $8),
-                         lease_until = NULL, lease_token = NULL
-                     WHERE id = $9 AND (lease_token = $10 OR status = 'cancelled')",
-                )
-                .bind(a.status_code.map(i64::from))
-                .bind(&a.error)
-                .bind(&a.response_body)
-                .bind(a.duration_ms)
-                .bind(now.0)
-                .bind(status.as_str())
-                .bind(next_at)
-                .bind(delivered_at)
-                .bind(a.delivery_id)
-                .bind(a.token)
-                .execute(&mut *tx)
-                .await?;
-                Ok(done.rows_affected() > 0)
+            /// Records attempts on their deliveries, with multi-row updates; returns the ids
+            /// of the deliveries that were still ours (a lease lost to another worker when it
+            /// expired is not ours to record). A delivery cancelled while its attempt was in
+            /// flight stays cancelled.
+            async fn record_deliveries(tx: &mut Conn, records: &[AttemptRecord]) -> Result<std::collections::HashSet<Uuid>> {
+                let mut ours = std::collections::HashSet::with_capacity(records.len());
+                let mut at = 0;
+                for n in pow2_chunks(records.len()) {
+                    let sql = format!(
+                        "WITH v (v_id, v_token, v_code, v_error, v_body, v_duration, v_now, v_status, v_next, v_delivered) AS (VALUES {})
+                         UPDATE deliveries SET attempts = attempts + 1, last_status_code = v.v_code, last_error = v.v_error,
+                             last_response_body = v.v_body, last_duration_ms = v.v_duration, updated_at = v.v_now,
+                             status = CASE WHEN deliveries.status = 'cancelled' THEN deliveries.status ELSE v.v_status END,
+                             next_attempt_at = CASE WHEN deliveries.status = 'cancelled' THEN NULL ELSE v.v_next END,
+                             delivered_at = COALESCE(deliveries.delivered_at, v.v_delivered),
+                             lease_until = NULL, lease_token = NULL
+                         FROM v WHERE deliveries.id = v.v_id AND (deliveries.lease_token = v.v_token OR deliveries.status = 'cancelled')
+                         RETURNING deliveries.id",
+                        value_rows(n, 10)
+                    );
+                    let mut query = sqlx::query_scalar::<_, Uuid>(&sql);
+                    for a in &records[at..at + n] {
+                        let now = a.attempted_at.plus(__Duration::from_millis(u64::try_from(a.duration_ms).unwrap_or(0)));
+                        let (status, next_at, delivered_at) = match a.next {
+                            NextStep::Succeeded => (DeliveryStatus::Succeeded, None, Some(now.0)),
+                            NextStep::RetryAt(at) => (DeliveryStatus::Retrying, Some(at.0), None),
+                            NextStep::Failed => (DeliveryStatus::Failed, None, None),
+                        };
+                        query = query
+                            .bind(a.delivery_id)
+                            .bind(a.token)
+                            .bind(a.status_code.map(i64::from))
+                            .bind(&a.error)
+                            .bind(&a.response_body)
+                            .bind(a.duration_ms)
+                            .bind(now.0)
+                            .bind(status.as_str())
+                            .bind(next_at)
+                            .bind(delivered_at);
+                    }
+                    ours.extend(query.fetch_all(&mut *tx).await?);
+                    at += n;
+                }
+                Ok(ours)
             }
 
             /// The attempt rows of a group, with multi-row inserts.
@@ -766,12 +778,20 @@ macro_rules! shared_store {
                 Self::lock_claims(&mut tx).await?;
                 // Due deliveries of active webhooks, at most `per_webhook` per webhook counting
                 // the ones already leased (in flight here or in another process).
+                // How many due deliveries to read per webhook: all it may take when few webhooks
+                // have work, down to one each when thousands do (the claim then costs
+                // O(active webhooks), and the next claim takes the next ones).
+                let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE status = 'active'")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let per_probe = ((2 * i64::from(r.batch) + active - 1) / active.max(1)).clamp(1, i64::from(r.per_webhook));
                 let ids: Vec<Uuid> = sqlx::query_scalar(Self::CLAIM_SQL)
                     .bind(r.now.0)
                     .bind(i64::from(r.per_webhook))
                     .bind(i64::from(r.batch))
                     .bind(r.lease_until.0)
                     .bind(r.token)
+                    .bind(per_probe)
                     .fetch_all(&mut *tx)
                     .await?;
                 if ids.is_empty() {
@@ -798,11 +818,12 @@ macro_rules! shared_store {
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let mut out = vec![None; records.len()];
                 let mut recorded = Vec::with_capacity(records.len());
+                let ours = Self::record_deliveries(&mut tx, records).await?;
                 // Webhooks whose failure streak a success in this group ends: reset once each,
                 // before a later failure of the same webhook counts.
                 let mut succeeded: Vec<Uuid> = Vec::new();
                 for (i, a) in records.iter().enumerate() {
-                    if !Self::record_delivery(&mut tx, a).await? {
+                    if !ours.contains(&a.delivery_id) {
                         continue;
                     }
                     recorded.push(a);

@@ -84,24 +84,38 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// `$1` now, `$2` per-webhook limit, `$3` batch, `$4` lease end, `$5` token.
-    const CLAIM_SQL: &'static str = "
+    /// `$1` now, `$2` per-webhook limit, `$3` batch, `$4` lease end, `$5` token, `$6` how
+    /// many due deliveries to read per webhook. Each active webhook contributes at most `$6`
+    /// of its oldest due deliveries (read from the `deliveries_queue` index), so a claim costs
+    /// O(active webhooks + batch) whatever the backlog; they are then ranked per webhook so
+    /// that, with those already leased, no webhook passes its limit, and the oldest go first.
+    /// `CROSS JOIN` keeps webhooks the outer loop and `INDEXED BY` pins the indexes: without
+    /// statistics SQLite's planner would otherwise scan every delivery.
+    #[doc(hidden)] // public for the test that checks its plan
+    pub const CLAIM_SQL: &'static str = "
         UPDATE deliveries SET lease_until = $4, lease_token = $5
         WHERE id IN (
             WITH inflight AS (
-                SELECT webhook_id, COUNT(*) AS n FROM deliveries
+                SELECT webhook_id, COUNT(*) AS n FROM deliveries INDEXED BY deliveries_leased
                 WHERE lease_until > $1 AND status IN ('pending', 'retrying') GROUP BY webhook_id
             ),
             due AS (
-                SELECT d.id, d.webhook_id, d.next_attempt_at,
-                       ROW_NUMBER() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS rn
-                FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-                WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1
-                  AND (d.lease_until IS NULL OR d.lease_until <= $1) AND w.status = 'active'
+                SELECT d.id, d.webhook_id, d.next_attempt_at FROM webhooks w CROSS JOIN deliveries d
+                WHERE w.status = 'active' AND d.id IN (
+                    SELECT q.id FROM deliveries q INDEXED BY deliveries_queue
+                    WHERE q.webhook_id = w.id AND q.status IN ('pending', 'retrying') AND q.next_attempt_at <= $1
+                      AND (q.lease_until IS NULL OR q.lease_until <= $1)
+                    ORDER BY q.next_attempt_at LIMIT $6
+                )
+            ),
+            ranked AS (
+                SELECT id, webhook_id, next_attempt_at,
+                       ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn
+                FROM due
             )
-            SELECT due.id FROM due LEFT JOIN inflight i ON i.webhook_id = due.webhook_id
-            WHERE due.rn + COALESCE(i.n, 0) <= $2
-            ORDER BY due.next_attempt_at, due.id LIMIT $3
+            SELECT r.id FROM ranked r LEFT JOIN inflight i ON i.webhook_id = r.webhook_id
+            WHERE r.rn + COALESCE(i.n, 0) <= $2
+            ORDER BY r.next_attempt_at, r.id LIMIT $3
         )
         RETURNING id";
 }
