@@ -65,6 +65,10 @@ pub struct Settings {
     /// Requests a key may make at once above its rate.
     #[arg(long, env = "MOSEND_WEBHOOKS_RATE_LIMIT_BURST", global = true)]
     pub rate_limit_burst: Option<u32>,
+    /// How long an API key read from the database is trusted before it is read again, e.g.
+    /// `1s` (`0s`: read it on every request). A revoked key stops working within this time.
+    #[arg(long, env = "MOSEND_WEBHOOKS_API_KEY_CACHE_TTL", global = true)]
+    pub api_key_cache_ttl: Option<String>,
     /// How long a rotated-out secret keeps signing beside the new one, e.g. `24h`.
     #[arg(long, env = "MOSEND_WEBHOOKS_SECRET_ROTATION_GRACE", global = true)]
     pub secret_rotation_grace: Option<String>,
@@ -134,6 +138,7 @@ pub struct Config {
     pub retention: Duration,
     pub retention_interval: Duration,
     pub secret_rotation_grace: Duration,
+    pub api_key_cache_ttl: Duration,
     /// Requests per second per API key, and the burst above it; `None`: no limit.
     pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
 }
@@ -227,6 +232,7 @@ impl Config {
             idempotency_window: Duration::from_secs(24 * 3600),
             retention: duration("retention", s.retention, "30d")?,
             secret_rotation_grace: duration("secret rotation grace", s.secret_rotation_grace, "24h")?,
+            api_key_cache_ttl: duration("API key cache TTL", s.api_key_cache_ttl, "1s")?,
             rate_limit: NonZeroU32::new(s.rate_limit.unwrap_or(10_000)).map(|rate| {
                 let twice = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
                 let burst = s.rate_limit_burst.and_then(NonZeroU32::new).unwrap_or(twice);
@@ -266,6 +272,7 @@ fn merge(first: Settings, second: Settings) -> Settings {
         encryption_key: first.encryption_key.or(second.encryption_key),
         retention: first.retention.or(second.retention),
         secret_rotation_grace: first.secret_rotation_grace.or(second.secret_rotation_grace),
+        api_key_cache_ttl: first.api_key_cache_ttl.or(second.api_key_cache_ttl),
         rate_limit: first.rate_limit.or(second.rate_limit),
         rate_limit_burst: first.rate_limit_burst.or(second.rate_limit_burst),
         retention_interval: first.retention_interval.or(second.retention_interval),

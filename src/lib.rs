@@ -61,6 +61,7 @@ pub fn app(config: &Config, store: Arc<dyn Store>) -> axum::Router {
         max_body: api::MAX_BODY_BYTES,
         idempotency_window: config.idempotency_window,
         rotation_grace: config.secret_rotation_grace,
+        keys: Arc::new(api::keys::KeyCache::new(config.api_key_cache_ttl)),
         limiter: config.rate_limit.map(|(rate, burst)| {
             Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst)))
         }),

@@ -31,7 +31,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = presented_key(&parts.headers)?;
         let key = PresentedKey::parse(presented).ok_or_else(|| ApiError::Unauthorized("malformed API key".into()))?;
-        let record = state.store.find_api_key(key.prefix).await?;
+        let record = state.keys.find(state.store.as_ref(), key.prefix).await?;
         match record {
             Some(r) if r.revoked_at.is_none() && key.matches(&r.secret_hash) => {
                 if let Some(limiter) = &state.limiter {

@@ -8,6 +8,7 @@ mod deliveries;
 pub mod error;
 mod events;
 mod extract;
+pub mod keys;
 mod openapi;
 pub mod serve;
 mod system;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub idempotency_window: Duration,
     /// Default grace period of a rotated-out secret.
     pub rotation_grace: Duration,
+    /// API keys read recently (a revoked key stops working within its time to live).
+    pub keys: Arc<keys::KeyCache>,
     /// Requests per API key (by prefix), when limited.
     pub limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
 }

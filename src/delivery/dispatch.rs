@@ -42,6 +42,11 @@ impl Dispatcher {
         Ok(Self { client: net::build_client(&allow, timeout, &user_agent)?, allow, timeout })
     }
 
+    /// The longest an attempt takes.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Makes one attempt; never fails: every problem is an outcome.
     pub async fn attempt(&self, d: &ClaimedDelivery) -> AttemptResult {
         let attempted_at = Timestamp::now();

@@ -1,16 +1,19 @@
-//! The claim loop. Each round leases up to `batch` due deliveries (never more than the free
-//! global slots, and never more than `per_webhook` in flight for one webhook, counted in
-//! the database so it holds across processes), spawns one task per delivery, and sleeps
-//! until new work is signalled, a slot frees up, or the poll interval passes.
+//! The claim loop, and the attempts it starts. Work arrives two ways: handed over by a
+//! publish in this process (already leased to this worker, see `store::handoff`), or
+//! claimed from the database in batches: due retries, paused webhooks resumed, and what the
+//! hand-off had no room for. Both go through one [`Gate`]: at most `max_in_flight` attempts
+//! in all, at most `per_webhook` exchanges at once per webhook (counted in the database too,
+//! from the leases, so it holds across processes).
 //!
-//! No transaction is open while a request is in flight: claim, send, then record. A
-//! worker that dies mid-attempt leaves its leases to expire; the deliveries are then
-//! claimed again (at least once).
+//! No transaction is open while a request is in flight: lease, send, then record. A worker
+//! that dies mid-attempt leaves its leases to expire; the deliveries are then claimed again
+//! (at least once). An attempt that could outlast its lease is not started: its lease is
+//! given back instead, so no two workers ever send one delivery at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -18,7 +21,7 @@ use uuid::Uuid;
 
 use super::dispatch::{AttemptResult, Dispatcher};
 use crate::domain::{delivery::Outcome, retry::RetrySchedule, time::Timestamp};
-use crate::store::{AttemptRecord, ClaimRequest, ClaimedDelivery, DisablePolicy, NextStep, Store};
+use crate::store::{AttemptRecord, ClaimRequest, ClaimedDelivery, DisablePolicy, Gate, Handoff, NextStep, Slot, Store};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -63,8 +66,7 @@ impl Worker {
     /// drain timeout) and gives back any lease still held.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(this.config.max_in_flight));
-        let freed = Arc::new(Notify::new());
+        let gate = Gate::new(this.config.max_in_flight, this.config.per_webhook);
         let signal = this.store.work_signal();
         let tracker = TaskTracker::new();
         let (to_recorder, rx) = mpsc::unbounded_channel();
@@ -75,41 +77,50 @@ impl Worker {
             this.config.retention_interval,
             shutdown.clone(),
         ));
-        info!(token = %this.token, "delivery worker started");
+        let (handoff, mut handed) = Handoff::new(gate.clone(), this.token, this.config.lease);
+        let handing_off = this.store.attach_handoff(handoff);
+        let receiving = {
+            let (this, tracker, to_recorder, shutdown) =
+                (this.clone(), tracker.clone(), to_recorder.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        item = handed.recv() => match item {
+                            Some((delivery, slot)) => {
+                                metrics::counter!("mosend_webhooks_deliveries_handed_off_total").increment(1);
+                                this.start(&tracker, delivery, slot, &to_recorder)
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            })
+        };
+        info!(token = %this.token, handing_off, "delivery worker started");
+        // Whether the database may hold due work for us: after a signal, a poll tick, or a
+        // claim that found some; cleared by a claim that found none.
+        let mut more = true;
         while !shutdown.is_cancelled() {
-            let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX).min(this.config.batch);
+            let free = u32::try_from(gate.free()).unwrap_or(u32::MAX).min(this.config.batch);
             let mut full_batch = false;
-            if free > 0 {
-                let now = Timestamp::now();
-                let request = ClaimRequest {
-                    now,
-                    batch: free,
-                    per_webhook: this.config.per_webhook,
-                    lease_until: now.plus(this.config.lease),
-                    token: this.token,
-                };
-                match this.store.claim_due(&request).await {
+            if more && free > 0 {
+                match this.claim(free).await {
                     Ok(claimed) => {
                         full_batch = claimed.len() == free as usize;
-                        if !claimed.is_empty() {
-                            debug!(count = claimed.len(), "claimed deliveries");
+                        more = !claimed.is_empty();
+                        if !more {
+                            gate.overflowed(true);
                         }
+                        let mut refused = Vec::new();
                         for delivery in claimed {
-                            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                                // Only this loop takes slots and it asked for no more than were
-                                // free; should that ever change, the lease expires and the
-                                // delivery is claimed again.
-                                break;
-                            };
-                            let this = this.clone();
-                            let freed = freed.clone();
-                            let to_recorder = to_recorder.clone();
-                            tracker.spawn(async move {
-                                this.deliver(delivery, &to_recorder).await;
-                                drop(slot);
-                                freed.notify_one();
-                            });
+                            // The hand-off may have taken the slots in the meantime.
+                            match gate.try_reserve(delivery.webhook_id) {
+                                Some(slot) => this.start(&tracker, delivery, slot, &to_recorder),
+                                None => refused.push(delivery.id),
+                            }
                         }
+                        this.give_back(&refused).await;
                     }
                     Err(e) => error!(error = %e, "claiming deliveries failed"),
                 }
@@ -119,15 +130,23 @@ impl Worker {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = signal.notified() => {}
-                _ = freed.notified() => {
-                    // Attempts finish in bursts (their results commit in groups): give the rest
-                    // of the burst a moment, so one claim refills many slots instead of one.
-                    tokio::time::sleep(CLAIM_COALESCE).await;
+                _ = signal.notified() => more = true,
+                _ = gate.freed() => {
+                    // A slot freed. Claim again only if the database may hold work for it
+                    // (handed-over attempts finishing need no claim); attempts finish in
+                    // bursts, as their results commit in groups, so give the rest of the
+                    // burst a moment and refill many slots with one claim.
+                    if more || gate.overflowed(false) {
+                        more = true;
+                        tokio::time::sleep(CLAIM_COALESCE).await;
+                    }
                 }
-                _ = tokio::time::sleep(this.config.poll_interval) => {}
+                _ = tokio::time::sleep(this.config.poll_interval) => more = true,
             }
         }
+        gate.close();
+        this.store.detach_handoff();
+        let _ = receiving.await;
         tracker.close();
         if tokio::time::timeout(this.config.drain_timeout, tracker.wait()).await.is_err() {
             warn!("in-flight attempts did not finish in time; giving their leases back");
@@ -146,9 +165,67 @@ impl Worker {
         info!("delivery worker stopped");
     }
 
+    async fn claim(&self, batch: u32) -> crate::store::Result<Vec<ClaimedDelivery>> {
+        let now = Timestamp::now();
+        let request = ClaimRequest {
+            now,
+            batch,
+            per_webhook: self.config.per_webhook,
+            lease_until: now.plus(self.config.lease),
+            token: self.token,
+        };
+        let claimed = self.store.claim_due(&request).await?;
+        metrics::counter!("mosend_webhooks_deliveries_claimed_total").increment(claimed.len() as u64);
+        if !claimed.is_empty() {
+            debug!(count = claimed.len(), "claimed deliveries");
+        }
+        Ok(claimed)
+    }
+
+    /// Gives back leases this worker will not use now; should that fail, they expire.
+    async fn give_back(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release_claims(ids, self.token).await {
+            warn!(error = %e, count = ids.len(), "giving back leases failed; they expire by themselves");
+        }
+    }
+
+    /// Starts one attempt in its own task, holding its slot until the result is committed.
+    fn start(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        delivery: ClaimedDelivery,
+        slot: Slot,
+        recorder: &mpsc::UnboundedSender<Recorded>,
+    ) {
+        let (this, recorder) = (self.clone(), recorder.clone());
+        tracker.spawn(async move {
+            let exchange = slot.exchange().await;
+            // Waiting behind the webhook's other attempts takes at most about one attempt,
+            // but never start one that could outlast its lease: another worker could take
+            // the delivery over mid-attempt.
+            if Timestamp::now().plus(this.dispatcher.timeout()) >= delivery.lease_until {
+                drop(exchange);
+                this.give_back(&[delivery.id]).await;
+                return;
+            }
+            this.deliver(delivery, exchange, &recorder).await;
+            drop(slot);
+        });
+    }
+
     #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, webhook_id = %delivery.webhook_id, event_id = %delivery.event_id))]
-    async fn deliver(&self, delivery: ClaimedDelivery, recorder: &mpsc::UnboundedSender<Recorded>) {
+    async fn deliver(
+        &self,
+        delivery: ClaimedDelivery,
+        exchange: tokio::sync::OwnedSemaphorePermit,
+        recorder: &mpsc::UnboundedSender<Recorded>,
+    ) {
         let result = self.dispatcher.attempt(&delivery).await;
+        // The receiver is done with: the webhook's next attempt may start.
+        drop(exchange);
         let next = self.next_step(&delivery, &result);
         metrics::counter!("mosend_webhooks_attempts_total", "outcome" => result.outcome.code()).increment(1);
         metrics::histogram!("mosend_webhooks_attempt_duration_seconds").record(result.duration_ms as f64 / 1000.0);
@@ -166,7 +243,7 @@ impl Worker {
             next,
         };
         // Handed to the recorder, which commits attempts in groups; wait for the commit so
-        // the slot is freed only once the result is durable (and the lease released).
+        // the global slot is freed only once the result is durable (and the lease released).
         let (done, committed) = oneshot::channel();
         if recorder.send((record, done)).is_ok() {
             let _ = committed.await;

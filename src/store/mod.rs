@@ -4,6 +4,7 @@
 //! transaction open, and their results recorded in a second short transaction.
 
 pub mod cipher;
+pub mod handoff;
 mod postgres;
 mod publisher;
 mod sql;
@@ -24,6 +25,7 @@ use crate::domain::{
 };
 
 pub use cipher::{Cipher, EncryptionKey};
+pub use handoff::{Gate, HandedOff, Handoff, Slot};
 pub use postgres::PostgresStore;
 pub use publisher::Publisher;
 pub use sqlite::SqliteStore;
@@ -247,6 +249,8 @@ pub struct ClaimedDelivery {
     /// The secret before a rotation, still signing until its grace period ends.
     pub previous_secret: Option<WebhookSecret>,
     pub headers: Headers,
+    /// The lease ends then: an attempt that could outlast it is not started.
+    pub lease_until: Timestamp,
 }
 
 /// What happens to a delivery after an attempt.
@@ -331,6 +335,16 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>>;
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
+    /// Gives back the leases `token` holds on these deliveries (claimed, but not to be sent
+    /// now).
+    async fn release_claims(&self, ids: &[Uuid], token: Uuid) -> Result<u64>;
+    /// Lets publishes hand fresh deliveries straight to the local worker (see
+    /// [`handoff`]). Only a backend whose database has this one process as its only worker
+    /// takes it (SQLite); the others answer `false` and every delivery goes through claims,
+    /// so the per-webhook limit, counted from leases, holds across processes.
+    fn attach_handoff(&self, handoff: Arc<Handoff>) -> bool;
+    /// Stops handing deliveries over (the worker is stopping).
+    fn detach_handoff(&self);
     /// Re-seals every webhook secret (and the key check) under `new`, in one transaction;
     /// returns how many webhooks were re-sealed. The store keeps its old cipher: reopen it
     /// with the new key afterwards.

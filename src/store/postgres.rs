@@ -36,6 +36,16 @@ impl PostgresStore {
 
     const BEGIN_WRITE: &'static str = "BEGIN";
 
+    /// Several processes share the queue, so deliveries always go through claims, whose
+    /// per-webhook limit counts every process's leases.
+    fn handoff(&self) -> Option<std::sync::Arc<super::handoff::Handoff>> {
+        None
+    }
+
+    fn set_handoff(&self, _: Option<std::sync::Arc<super::handoff::Handoff>>) -> bool {
+        false
+    }
+
     fn write_pool(&self) -> &PgPool {
         &self.pool
     }

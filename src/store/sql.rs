@@ -123,25 +123,80 @@ macro_rules! shared_store {
             })
         }
 
-        fn claimed_from_row(row: &Row, cipher: &Cipher, now: Timestamp) -> Result<ClaimedDelivery> {
-            let corrupt = |what: &str| StoreError::Corrupt(format!("claimed delivery {what}"));
-            let headers: String = row.try_get("headers")?;
-            let sealed: String = row.try_get("secret")?;
-            let webhook_id: Uuid = row.try_get("webhook_id")?;
-            let previous: Option<String> = row.try_get("previous_secret")?;
-            let previous_until = opt_ts(row, "previous_secret_expires_at")?;
-            let previous_secret = match (previous, previous_until) {
-                (Some(sealed), Some(until)) if until > now => Some(open_secret(cipher, &sealed, webhook_id)?),
-                _ => None,
-            };
+        fn claimed_from_row(row: &Row, cipher: &Cipher, now: Timestamp, lease_until: Timestamp) -> Result<ClaimedDelivery> {
+            let send = sendable_from_row(row, "webhook_id", cipher, now)?;
             Ok(ClaimedDelivery {
                 id: row.try_get("id")?,
-                webhook_id,
+                webhook_id: send.webhook_id,
                 event_id: row.try_get("event_id")?,
                 event_type: row.try_get("event_type")?,
                 event_data: row.try_get("data")?,
                 event_created_at: ts(row, "event_created_at")?,
                 attempts: count(row, "attempts")?,
+                url: send.url,
+                format: send.format,
+                secret: send.secret,
+                previous_secret: send.previous_secret,
+                headers: send.headers,
+                lease_until,
+            })
+        }
+
+        /// A webhook that subscribes to some events, as a publish sees it.
+        struct Target {
+            id: Uuid,
+            events: Vec<String>,
+            active: bool,
+            /// What a delivery to it needs, when it is handed to the local worker.
+            send: Option<std::sync::Arc<Sendable>>,
+        }
+
+        /// A webhook's sending details (secrets opened).
+        struct Sendable {
+            webhook_id: Uuid,
+            url: String,
+            format: Format,
+            secret: WebhookSecret,
+            previous_secret: Option<WebhookSecret>,
+            headers: Headers,
+        }
+
+        impl Sendable {
+            /// A new delivery of `e` to this webhook, as a claim would have returned it.
+            fn delivery(&self, id: Uuid, e: &NewEvent, lease_until: Timestamp) -> ClaimedDelivery {
+                ClaimedDelivery {
+                    id,
+                    webhook_id: self.webhook_id,
+                    event_id: e.id,
+                    event_type: e.event_type.clone(),
+                    event_data: e.data.clone(),
+                    event_created_at: e.created_at,
+                    attempts: 0,
+                    url: self.url.clone(),
+                    format: self.format,
+                    secret: self.secret.clone(),
+                    previous_secret: self.previous_secret.clone(),
+                    headers: self.headers.clone(),
+                    lease_until,
+                }
+            }
+        }
+
+        /// The sending details of a webhook row (its id in `id_column`, `url`, `format`,
+        /// `secret`, `previous_secret`, `previous_secret_expires_at`, `headers`); the previous
+        /// secret only while its grace period lasts.
+        fn sendable_from_row(row: &Row, id_column: &str, cipher: &Cipher, now: Timestamp) -> Result<Sendable> {
+            let corrupt = |what: &str| StoreError::Corrupt(format!("webhook {what}"));
+            let webhook_id: Uuid = row.try_get(id_column)?;
+            let headers: String = row.try_get("headers")?;
+            let sealed: String = row.try_get("secret")?;
+            let previous: Option<String> = row.try_get("previous_secret")?;
+            let previous_secret = match (previous, opt_ts(row, "previous_secret_expires_at")?) {
+                (Some(sealed), Some(until)) if until > now => Some(open_secret(cipher, &sealed, webhook_id)?),
+                _ => None,
+            };
+            Ok(Sendable {
+                webhook_id,
                 url: row.try_get("url")?,
                 format: Format::parse(row.try_get("format")?).map_err(|_| corrupt("format"))?,
                 secret: open_secret(cipher, &sealed, webhook_id)?,
@@ -246,13 +301,21 @@ macro_rules! shared_store {
 
             /// Publishes events in one transaction (one event, a batch, or a group of
             /// concurrent publishes): the organizations' subscriptions are read once, and the
-            /// events and their deliveries are written with multi-row inserts.
-            async fn publish_all(&self, events: &[NewEvent], window: __Duration) -> Result<Vec<PublishedEvent>> {
+            /// events and their deliveries are written with multi-row inserts. Deliveries the
+            /// local worker has a free slot for are inserted leased to it and returned, to be
+            /// handed over once the transaction has committed (see `handoff`); the flag says
+            /// whether some were left for the claim loop.
+            async fn publish_all(
+                &self,
+                events: &[NewEvent],
+                window: __Duration,
+            ) -> Result<(Vec<PublishedEvent>, Vec<crate::store::handoff::HandedOff>, bool)> {
+                let handoff = self.handoff();
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let mut orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
                 orgs.sort_unstable();
                 orgs.dedup();
-                let subscriptions = Self::subscriptions(&mut tx, &orgs).await?;
+                let subscriptions = self.subscriptions(&mut tx, &orgs, handoff.is_some()).await?;
                 // Keyed events go first, in (organization, key) order: concurrent batches then take
                 // the unique index's entries in one order, so they wait for each other instead
                 // of deadlocking. The sort is stable, so a key repeated within the batch still
@@ -265,7 +328,7 @@ macro_rules! shared_store {
                 let mut out: Vec<Option<PublishedEvent>> = vec![None; events.len()];
                 let mut first_of_key: std::collections::HashMap<(Uuid, &str), usize> = Default::default();
                 let mut fresh: Vec<(&NewEvent, u32)> = Vec::with_capacity(events.len());
-                let mut deliveries: Vec<(Uuid, &NewEvent)> = Vec::new();
+                let mut deliveries: Vec<(&Target, &NewEvent)> = Vec::new();
                 for i in order {
                     let e = &events[i];
                     if let Some(key) = e.idempotency_key.as_deref() {
@@ -281,9 +344,7 @@ macro_rules! shared_store {
                     }
                     let before = deliveries.len();
                     if let Some(hooks) = subscriptions.get(&e.org_id) {
-                        deliveries.extend(
-                            hooks.iter().filter(|(_, types)| event_type::matches(types, &e.event_type)).map(|(id, _)| (*id, e)),
-                        );
+                        deliveries.extend(hooks.iter().filter(|t| event_type::matches(&t.events, &e.event_type)).map(|t| (t, e)));
                     }
                     let count = u32::try_from(deliveries.len() - before).unwrap_or(u32::MAX);
                     out[i] = Some(PublishedEvent {
@@ -315,43 +376,79 @@ macro_rules! shared_store {
                     query.execute(&mut *tx).await?;
                     at += n;
                 }
+                // Reserve a local slot for each delivery that can start now; the rest are plain
+                // `pending` rows for the claim loop. Dropping the reservations (an error below)
+                // frees the slots.
+                let now = Timestamp::now();
+                let mut handed: Vec<crate::store::handoff::HandedOff> = Vec::new();
+                let mut left_for_claims = false;
+                let rows: Vec<(Uuid, &Target, &NewEvent, Option<Timestamp>)> = deliveries
+                    .iter()
+                    .map(|&(target, e)| {
+                        let id = Uuid::now_v7();
+                        let slot = match (&handoff, &target.send) {
+                            (Some(h), Some(send)) => h.gate.try_reserve(target.id).map(|slot| (h, send, slot)),
+                            _ => None,
+                        };
+                        let lease = match slot {
+                            Some((h, send, slot)) => {
+                                let until = now.plus(h.lease);
+                                handed.push((send.delivery(id, e, until), slot));
+                                Some(until)
+                            }
+                            None => {
+                                left_for_claims |= target.active;
+                                None
+                            }
+                        };
+                        (id, target, e, lease)
+                    })
+                    .collect();
+                let token = handoff.as_ref().map(|h| h.token);
                 let mut at = 0;
-                for n in pow2_chunks(deliveries.len()) {
+                for n in pow2_chunks(rows.len()) {
                     let sql = format!(
-                        "INSERT INTO deliveries (id, webhook_id, org_id, event_id, event_type, status, next_attempt_at, created_at, updated_at) VALUES {}",
-                        value_rows(n, 9)
+                        "INSERT INTO deliveries (id, webhook_id, org_id, event_id, event_type, status, next_attempt_at, created_at, updated_at, lease_until, lease_token) VALUES {}",
+                        value_rows(n, 11)
                     );
                     let mut query = sqlx::query(&sql);
-                    for (webhook_id, e) in &deliveries[at..at + n] {
+                    for (id, target, e, lease) in &rows[at..at + n] {
                         query = query
-                            .bind(Uuid::now_v7())
-                            .bind(webhook_id)
+                            .bind(id)
+                            .bind(target.id)
                             .bind(e.org_id)
                             .bind(e.id)
                             .bind(&e.event_type)
                             .bind(DeliveryStatus::Pending.as_str())
                             .bind(e.created_at.0)
                             .bind(e.created_at.0)
-                            .bind(e.created_at.0);
+                            .bind(e.created_at.0)
+                            .bind(lease.map(|l| l.0))
+                            .bind(lease.and(token));
                     }
                     query.execute(&mut *tx).await?;
                     at += n;
                 }
                 tx.commit().await?;
-                Ok(out.into_iter().flatten().collect())
+                Ok((out.into_iter().flatten().collect(), handed, left_for_claims))
             }
 
             /// The webhooks of these organizations that take new deliveries (active or
-            /// paused), with their subscriptions.
+            /// paused), with their subscriptions; with `sendable`, what it takes to send to
+            /// the active ones too (their secrets opened once per group).
             async fn subscriptions(
+                &self,
                 tx: &mut Conn,
                 orgs: &[Uuid],
-            ) -> Result<std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>>> {
-                let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, Vec<String>)>> = Default::default();
+                sendable: bool,
+            ) -> Result<std::collections::HashMap<Uuid, Vec<Target>>> {
+                let mut out: std::collections::HashMap<Uuid, Vec<Target>> = Default::default();
+                let now = Timestamp::now();
                 let mut at = 0;
                 for n in pow2_chunks(orgs.len()) {
                     let sql = format!(
-                        "SELECT id, org_id, events FROM webhooks WHERE org_id IN {} AND status IN ('active', 'paused')",
+                        "SELECT id, org_id, events, status, url, format, secret, previous_secret, previous_secret_expires_at, headers
+                         FROM webhooks WHERE org_id IN {} AND status IN ('active', 'paused')",
                         placeholders(1, n)
                     );
                     let mut query = sqlx::query(&sql);
@@ -361,7 +458,10 @@ macro_rules! shared_store {
                     for row in query.fetch_all(&mut *tx).await? {
                         let events: Vec<String> = serde_json::from_str(row.try_get("events")?)
                             .map_err(|_| StoreError::Corrupt("webhook events".into()))?;
-                        out.entry(row.try_get("org_id")?).or_default().push((row.try_get("id")?, events));
+                        let active = row.try_get::<String, _>("status")? == Status::Active.as_str();
+                        let send = if sendable && active { Some(std::sync::Arc::new(sendable_from_row(&row, "id", &self.cipher, now)?)) } else { None };
+                        let target = Target { id: row.try_get("id")?, events, active, send };
+                        out.entry(row.try_get("org_id")?).or_default().push(target);
                     }
                     at += n;
                 }
@@ -696,7 +796,7 @@ macro_rules! shared_store {
                 // on PostgreSQL) ends in a unique violation or a deadlock: start over, and the
                 // retry finds the other publish's event.
                 let mut tries = 0;
-                let published = loop {
+                let (published, handed, left_for_claims) = loop {
                     match self.publish_all(events, window).await {
                         Err(err) if tries < 8 && is_lost_race(&err) => {
                             tries += 1;
@@ -706,7 +806,14 @@ macro_rules! shared_store {
                         other => break other?,
                     }
                 };
-                if published.iter().any(|p| p.deliveries > 0 && !p.duplicate) {
+                // Committed: hand the leased deliveries over, and wake the claim loop only if
+                // some were left for it.
+                if let Some(h) = self.handoff() {
+                    for (delivery, slot) in handed {
+                        h.send(delivery, slot);
+                    }
+                }
+                if left_for_claims {
                     self.signal.notify_one();
                 }
                 Ok(published)
@@ -810,7 +917,7 @@ macro_rules! shared_store {
                 }
                 let rows = query.fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now)).collect()
+                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now, r.lease_until)).collect()
             }
 
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {
@@ -871,6 +978,33 @@ macro_rules! shared_store {
                     .await?;
                 tx.commit().await?;
                 Ok(rows.len() as u64)
+            }
+
+            async fn release_claims(&self, ids: &[Uuid], token: Uuid) -> Result<u64> {
+                let mut released = 0;
+                for chunk in ids.chunks(256) {
+                    let sql = format!(
+                        "UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE lease_token = $1 AND id IN {}",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql).bind(token);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    released += query.execute(self.write_pool()).await?.rows_affected();
+                }
+                if released > 0 {
+                    self.signal.notify_one();
+                }
+                Ok(released)
+            }
+
+            fn attach_handoff(&self, handoff: std::sync::Arc<crate::store::Handoff>) -> bool {
+                self.set_handoff(Some(handoff))
+            }
+
+            fn detach_handoff(&self) {
+                self.set_handoff(None);
             }
 
             async fn release_leases(&self, token: Uuid) -> Result<u64> {

@@ -14,12 +14,15 @@ use sqlx::SqlitePool;
 use tokio::sync::Notify;
 
 use super::cipher::EncryptionKey;
+use super::handoff::Handoff;
 
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     signal: Arc<Notify>,
     cipher: super::Cipher,
+    /// The local worker's hand-off, while it runs.
+    handoff: std::sync::Mutex<Option<Arc<Handoff>>>,
 }
 
 /// The key in the file beside the database (`<database>.key`), created on first use. An
@@ -55,16 +58,34 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10))
             .foreign_keys(true);
-        let writer =
-            SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(options.clone()).await?;
-        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        Ok(Self { writer, reader, signal: Arc::new(Notify::new()), cipher })
+        // A connection to a local file does not go stale: no ping (a round trip to the
+        // connection's thread) before each use.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
+        let reader =
+            SqlitePoolOptions::new().max_connections(4).test_before_acquire(false).connect_with(options).await?;
+        Ok(Self { writer, reader, signal: Arc::new(Notify::new()), cipher, handoff: Default::default() })
     }
 
     /// Write transactions take the write lock up front: a deferred one that read first and
     /// then writes fails at once with `SQLITE_BUSY` (no busy wait) if another connection,
     /// such as a CLI command on the same file, wrote in between.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
+    /// One process owns a SQLite database and runs its only worker, so the worker's
+    /// in-memory accounting sees every attempt: fresh deliveries may be handed over.
+    fn handoff(&self) -> Option<Arc<Handoff>> {
+        self.handoff.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_handoff(&self, handoff: Option<Arc<Handoff>>) -> bool {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = handoff;
+        true
+    }
 
     fn write_pool(&self) -> &SqlitePool {
         &self.writer

@@ -6,7 +6,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::both;
-use crate::helpers::{spawn_app, Backend, TestApp};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{spawn_app, spawn_app_with, wait_until, Backend, TestApp};
 
 async fn missing_malformed_wrong_and_revoked_keys_are_401(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -42,18 +44,40 @@ async fn missing_malformed_wrong_and_revoked_keys_are_401(backend: Backend) {
     };
     assert_eq!(both(key.clone()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(both("junk".into()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // The key is cached now; its prefix with another secret is still refused.
+    let (status, _) = app.call("GET", &path, &wrong_secret, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // A key is trusted for `MOSEND_WEBHOOKS_API_KEY_CACHE_TTL` (1 s by default) after it was
+    // read: once revoked, it stops working within that time.
     let revoked = app
         .store
         .revoke_api_key(&prefix["mk_live_".len()..], mosend_webhooks::domain::time::Timestamp::now())
         .await
         .unwrap();
     assert!(revoked);
-    let (status, _) = app.call("GET", &path, &key, None).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let since = Instant::now();
+    let refused = wait_until(Duration::from_secs(3), || async {
+        app.call("GET", &path, &key, None).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(refused && since.elapsed() < Duration::from_millis(1500), "refused after {:?}", since.elapsed());
 }
 
 both!(missing_malformed_wrong_and_revoked_keys_are_401);
+
+async fn without_the_key_cache_a_revoked_key_is_refused_at_once(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.api_key_cache_ttl = Some("0s".into())).await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let path = TestApp::hooks_path(org);
+    assert_eq!(app.call("GET", &path, &key, None).await.0, StatusCode::OK);
+    let prefix = &key["mk_live_".len()..key.find('.').unwrap()];
+    assert!(app.store.revoke_api_key(prefix, mosend_webhooks::domain::time::Timestamp::now()).await.unwrap());
+    assert_eq!(app.call("GET", &path, &key, None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+both!(without_the_key_cache_a_revoked_key_is_refused_at_once);
 
 async fn an_organization_key_never_reaches_another_organization(backend: Backend) {
     let app = spawn_app(backend).await;

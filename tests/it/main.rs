@@ -12,6 +12,7 @@ mod batch;
 mod delivery;
 mod events;
 mod fuzz;
+mod handoff;
 mod process;
 mod properties;
 mod retention;
