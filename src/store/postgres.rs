@@ -46,6 +46,9 @@ impl PostgresStore {
         false
     }
 
+    /// Whether multi-row statements use anonymous `?` parameters (see `sql.rs`).
+    const ANONYMOUS_PARAMETERS: bool = false;
+
     fn write_pool(&self) -> &PgPool {
         &self.pool
     }

@@ -211,9 +211,17 @@ macro_rules! shared_store {
             format!("({})", list.join(", "))
         }
 
-        /// `($1, …, $k), ($k+1, …)`: `rows` rows of `width` values each.
+        /// `($1, …, $k), ($k+1, …)`: `rows` rows of `width` values each, for a statement
+        /// whose only parameters these are. On SQLite they are written `?`: binding a
+        /// numbered parameter looks its name up in a list (sqlx asks for every one), which
+        /// costs O(n²) for the thousands of values of a multi-row statement.
         fn value_rows(rows: usize, width: usize) -> String {
-            (0..rows).map(|r| placeholders(r * width + 1, width)).collect::<Vec<_>>().join(", ")
+            if <$store>::ANONYMOUS_PARAMETERS {
+                let row = format!("({})", vec!["?"; width].join(", "));
+                vec![row; rows].join(", ")
+            } else {
+                (0..rows).map(|r| placeholders(r * width + 1, width)).collect::<Vec<_>>().join(", ")
+            }
         }
 
         /// Splits `n` rows into chunks whose sizes are powers of two (at most 256), so a

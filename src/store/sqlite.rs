@@ -87,6 +87,9 @@ impl SqliteStore {
         true
     }
 
+    /// Whether multi-row statements use anonymous `?` parameters (see `sql.rs`).
+    const ANONYMOUS_PARAMETERS: bool = true;
+
     fn write_pool(&self) -> &SqlitePool {
         &self.writer
     }
