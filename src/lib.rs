@@ -70,7 +70,8 @@ pub fn app(config: &Config, store: Arc<dyn Store>) -> axum::Router {
 
 /// The delivery worker over a store, as `serve` builds it.
 pub fn worker(config: &Config, store: Arc<dyn Store>) -> Result<Worker, RunError> {
-    let dispatcher = Dispatcher::new(config.allowed_private_cidrs.clone(), config.delivery_timeout)?;
+    let dispatcher =
+        Dispatcher::new(config.allowed_private_cidrs.clone(), config.delivery_timeout, config.max_in_flight)?;
     Ok(Worker::new(
         store,
         dispatcher,

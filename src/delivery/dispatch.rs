@@ -37,9 +37,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(allow: AllowList, timeout: Duration) -> reqwest::Result<Self> {
+    /// `connections`: the most exchanges in flight at once, which is also how many
+    /// keep-alive connections per receiver host are kept open.
+    pub fn new(allow: AllowList, timeout: Duration, connections: usize) -> reqwest::Result<Self> {
         let user_agent = format!("Mosend-Webhooks/{}", env!("CARGO_PKG_VERSION"));
-        Ok(Self { client: net::build_client(&allow, timeout, &user_agent)?, allow, timeout })
+        Ok(Self { client: net::build_client(&allow, timeout, &user_agent, connections)?, allow, timeout })
     }
 
     /// The longest an attempt takes.

@@ -88,14 +88,21 @@ pub fn check_target(url: &Url, allow: &AllowList) -> Result<(), Blocked> {
 }
 
 /// The shared client: keep-alive connection pools per receiver, no redirects, no proxies.
-pub fn build_client(allow: &AllowList, timeout: Duration, user_agent: &str) -> reqwest::Result<reqwest::Client> {
+/// `max_idle_per_host` should be the most exchanges that can run at once: a smaller pool
+/// closes connections that the next attempts to the same host then open again.
+pub fn build_client(
+    allow: &AllowList,
+    timeout: Duration,
+    user_agent: &str,
+    max_idle_per_host: usize,
+) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver { allow: allow.clone() }))
         .connect_timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(max_idle_per_host)
         .tcp_nodelay(true)
         .user_agent(user_agent)
         .build()
