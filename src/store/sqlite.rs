@@ -57,7 +57,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Sorts and materialised subqueries (the claim's ranking, multi-row updates) stay
+            // in memory instead of a temporary file created and deleted each time.
+            .pragma("temp_store", "memory");
         // A connection to a local file does not go stale: no ping (a round trip to the
         // connection's thread) before each use.
         let writer = SqlitePoolOptions::new()
