@@ -132,11 +132,13 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 _ = signal.notified() => more = true,
                 _ = gate.freed() => {
-                    // A slot freed. Claim again only if the database may hold work for it
-                    // (handed-over attempts finishing need no claim); attempts finish in
-                    // bursts, as their results commit in groups, so give the rest of the
-                    // burst a moment and refill many slots with one claim.
-                    if more || gate.overflowed(false) {
+                    // A slot freed. Claim again only if the database may hold work for it:
+                    // the last claim found some, or the slot is one that deliveries left
+                    // behind by the hand-off were waiting for (other handed-over attempts
+                    // finishing need no claim). Attempts finish in bursts, as their results
+                    // commit in groups, so give the rest of the burst a moment and refill
+                    // many slots with one claim.
+                    if more || gate.take_wanted() {
                         more = true;
                         tokio::time::sleep(CLAIM_COALESCE).await;
                     }

@@ -14,8 +14,11 @@
 //! waiting behind them. A waiting delivery starts within one attempt's time, and an attempt
 //! never starts if its lease could expire before its timeout (see the worker). When the
 //! gate refuses, the delivery is written as a plain `pending` row for the claim loop, and
-//! the webhook is remembered as having overflowed, so the loop looks again when that
-//! webhook's attempts finish.
+//! once that row is committed the gate is told ([`Gate::left_behind`]): if the webhook still
+//! has attempts admitted (or every global slot is taken), the claim loop looks again when one
+//! of those frees, and not before; otherwise it is woken at once. Slots of other webhooks
+//! freeing do not wake it: with one slow receiver holding a backlog, the fast ones' attempts
+//! finishing thousands of times a second must not each cost a claim.
 //!
 //! What does not live here: sending (the delivery worker) and SQL (the backends).
 
@@ -48,6 +51,10 @@ struct State {
     webhooks: HashMap<Uuid, (u32, Arc<Semaphore>)>,
     /// Webhooks with deliveries left in the database because they were at their limit.
     overflowed: HashSet<Uuid>,
+    /// Deliveries were left in the database because every global slot was taken.
+    full: bool,
+    /// A slot freed that deliveries left in the database may use: the claim loop should look.
+    wanted: bool,
 }
 
 impl Gate {
@@ -58,6 +65,8 @@ impl Gate {
                 free: max_in_flight,
                 webhooks: HashMap::new(),
                 overflowed: HashSet::new(),
+                full: false,
+                wanted: false,
             }),
             per_webhook: per_webhook.max(1),
             freed: Notify::new(),
@@ -77,6 +86,7 @@ impl Gate {
         let admitted = s.webhooks.get(&webhook_id).map_or(0, |(n, _)| *n);
         if !s.open || s.free == 0 || admitted >= 2 * self.per_webhook {
             s.overflowed.insert(webhook_id);
+            s.full |= s.free == 0;
             return None;
         }
         s.free -= 1;
@@ -99,14 +109,42 @@ impl Gate {
 
     /// Whether some webhook left deliveries in the database because it was at its limit;
     /// `clear_idle` first forgets those with nothing admitted any more (nothing of theirs
-    /// holds a lease here, so an empty claim means their queue is empty).
+    /// holds a lease here, so an empty claim means their queue is empty), and forgets that
+    /// the global limit was reached.
     pub fn overflowed(&self, clear_idle: bool) -> bool {
         let mut s = self.lock();
         if clear_idle {
             let State { overflowed, webhooks, .. } = &mut *s;
             overflowed.retain(|w| webhooks.contains_key(w));
+            s.full = false;
         }
         !s.overflowed.is_empty()
+    }
+
+    /// Called once deliveries refused by the gate are committed as `pending` rows, with
+    /// their webhooks: returns whether the claim loop must be woken now. It need not be when
+    /// a slot that can take them is certain to free later: the webhook still has attempts
+    /// admitted, or every global slot is taken; the gate then remembers to want a claim when
+    /// that slot frees. Run after the commit, so the claim that slot triggers sees the rows.
+    pub fn left_behind(&self, webhooks: &[Uuid]) -> bool {
+        let mut s = self.lock();
+        let mut wake = false;
+        for webhook_id in webhooks {
+            if s.webhooks.contains_key(webhook_id) {
+                s.overflowed.insert(*webhook_id);
+            } else if s.free == 0 {
+                s.full = true;
+            } else {
+                wake = true;
+            }
+        }
+        wake
+    }
+
+    /// Whether a slot freed since the last call that deliveries left in the database may
+    /// use (see [`Gate::left_behind`]).
+    pub fn take_wanted(&self) -> bool {
+        std::mem::take(&mut self.lock().wanted)
     }
 
     /// Refuses every reservation from now on (shutdown).
@@ -123,6 +161,9 @@ impl Gate {
             }
         }
         s.free += 1;
+        if s.full || s.overflowed.contains(&webhook_id) {
+            s.wanted = true;
+        }
         drop(s);
         self.freed.notify_one();
     }
@@ -206,5 +247,35 @@ mod tests {
         assert!(!gate.overflowed(true), "nothing admitted: the overflow marks are cleared");
         gate.close();
         assert!(gate.try_reserve(b).is_none(), "a closed gate admits nothing");
+    }
+
+    #[test]
+    fn only_a_slot_that_can_take_what_was_left_behind_wants_a_claim() {
+        let gate = Gate::new(4, 1);
+        let (slow, fast, idle) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let slow_slots: Vec<Slot> = (0..2).map(|_| gate.try_reserve(slow).unwrap()).collect();
+        assert!(gate.try_reserve(slow).is_none(), "slow is at twice its limit");
+        // The refused delivery is committed: slow still has attempts admitted, so no claim now…
+        assert!(!gate.left_behind(&[slow]));
+        // …nor when a fast webhook's attempt finishes…
+        drop(gate.try_reserve(fast).unwrap());
+        assert!(!gate.take_wanted(), "a fast webhook's slot freeing does not want a claim");
+        // …but when one of slow's does.
+        let mut slow_slots = slow_slots.into_iter();
+        drop(slow_slots.next());
+        assert!(gate.take_wanted());
+        assert!(!gate.take_wanted(), "taken once");
+        // A webhook with nothing admitted: wake the claim loop at once.
+        assert!(gate.left_behind(&[idle]));
+        // Every global slot taken: any slot freeing wants a claim.
+        let fill: Vec<Slot> = (0..3).map(|_| gate.try_reserve(Uuid::now_v7()).unwrap()).collect();
+        assert_eq!(gate.free(), 0);
+        assert!(!gate.left_behind(&[idle]));
+        drop(fill);
+        assert!(gate.take_wanted());
+        // An empty claim forgets the global mark: a later fast slot freeing wants nothing.
+        assert!(gate.overflowed(true), "slow still has an attempt admitted");
+        drop(gate.try_reserve(fast).unwrap());
+        assert!(!gate.take_wanted());
     }
 }

@@ -311,13 +311,13 @@ macro_rules! shared_store {
             /// concurrent publishes): the organizations' subscriptions are read once, and the
             /// events and their deliveries are written with multi-row inserts. Deliveries the
             /// local worker has a free slot for are inserted leased to it and returned, to be
-            /// handed over once the transaction has committed (see `handoff`); the flag says
-            /// whether some were left for the claim loop.
+            /// handed over once the transaction has committed (see `handoff`); also the webhooks
+            /// whose deliveries were left for the claim loop.
             async fn publish_all(
                 &self,
                 events: &[NewEvent],
                 window: __Duration,
-            ) -> Result<(Vec<PublishedEvent>, Vec<crate::store::handoff::HandedOff>, bool)> {
+            ) -> Result<(Vec<PublishedEvent>, Vec<crate::store::handoff::HandedOff>, Vec<Uuid>)> {
                 let handoff = self.handoff();
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let mut orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
@@ -389,7 +389,7 @@ macro_rules! shared_store {
                 // frees the slots.
                 let now = Timestamp::now();
                 let mut handed: Vec<crate::store::handoff::HandedOff> = Vec::new();
-                let mut left_for_claims = false;
+                let mut left_behind: Vec<Uuid> = Vec::new();
                 let rows: Vec<(Uuid, &Target, &NewEvent, Option<Timestamp>)> = deliveries
                     .iter()
                     .map(|&(target, e)| {
@@ -405,7 +405,9 @@ macro_rules! shared_store {
                                 Some(until)
                             }
                             None => {
-                                left_for_claims |= target.active;
+                                if target.active && !left_behind.contains(&target.id) {
+                                    left_behind.push(target.id);
+                                }
                                 None
                             }
                         };
@@ -438,7 +440,7 @@ macro_rules! shared_store {
                     at += n;
                 }
                 tx.commit().await?;
-                Ok((out.into_iter().flatten().collect(), handed, left_for_claims))
+                Ok((out.into_iter().flatten().collect(), handed, left_behind))
             }
 
             /// The webhooks of these organizations that take new deliveries (active or
@@ -804,7 +806,7 @@ macro_rules! shared_store {
                 // on PostgreSQL) ends in a unique violation or a deadlock: start over, and the
                 // retry finds the other publish's event.
                 let mut tries = 0;
-                let (published, handed, left_for_claims) = loop {
+                let (published, handed, left_behind) = loop {
                     match self.publish_all(events, window).await {
                         Err(err) if tries < 8 && is_lost_race(&err) => {
                             tries += 1;
@@ -815,13 +817,18 @@ macro_rules! shared_store {
                     }
                 };
                 // Committed: hand the leased deliveries over, and wake the claim loop only if
-                // some were left for it.
-                if let Some(h) = self.handoff() {
-                    for (delivery, slot) in handed {
-                        h.send(delivery, slot);
+                // some were left for it and no slot that can take them is due to free (the
+                // gate then wants a claim when it does).
+                let wake = match self.handoff() {
+                    Some(h) => {
+                        for (delivery, slot) in handed {
+                            h.send(delivery, slot);
+                        }
+                        !left_behind.is_empty() && h.gate.left_behind(&left_behind)
                     }
-                }
-                if left_for_claims {
+                    None => !left_behind.is_empty(),
+                };
+                if wake {
                     self.signal.notify_one();
                 }
                 Ok(published)
