@@ -389,7 +389,7 @@ macro_rules! shared_store {
                 // frees the slots.
                 let now = Timestamp::now();
                 let mut handed: Vec<crate::store::handoff::HandedOff> = Vec::new();
-                let mut left_behind: Vec<Uuid> = Vec::new();
+                let mut left_behind: std::collections::HashSet<Uuid> = Default::default();
                 let rows: Vec<(Uuid, &Target, &NewEvent, Option<Timestamp>)> = deliveries
                     .iter()
                     .map(|&(target, e)| {
@@ -405,8 +405,8 @@ macro_rules! shared_store {
                                 Some(until)
                             }
                             None => {
-                                if target.active && !left_behind.contains(&target.id) {
-                                    left_behind.push(target.id);
+                                if target.active {
+                                    left_behind.insert(target.id);
                                 }
                                 None
                             }
@@ -440,7 +440,7 @@ macro_rules! shared_store {
                     at += n;
                 }
                 tx.commit().await?;
-                Ok((out.into_iter().flatten().collect(), handed, left_behind))
+                Ok((out.into_iter().flatten().collect(), handed, left_behind.into_iter().collect()))
             }
 
             /// The webhooks of these organizations that take new deliveries (active or
