@@ -110,7 +110,7 @@ impl Worker {
                         full_batch = claimed.len() == free as usize;
                         more = !claimed.is_empty();
                         if !more {
-                            gate.overflowed(true);
+                            gate.claimed_nothing();
                         }
                         let mut refused = Vec::new();
                         for delivery in claimed {

@@ -107,18 +107,20 @@ impl Gate {
         self.freed.notified().await
     }
 
-    /// Whether some webhook left deliveries in the database because it was at its limit;
-    /// `clear_idle` first forgets those with nothing admitted any more (nothing of theirs
-    /// holds a lease here, so an empty claim means their queue is empty), and forgets that
-    /// the global limit was reached.
-    pub fn overflowed(&self, clear_idle: bool) -> bool {
+    /// A claim found nothing: forget the webhooks marked as having left deliveries behind
+    /// that have nothing admitted any more (nothing of theirs holds a lease here, so an
+    /// empty claim means their queue is empty), and that the global limit was reached.
+    pub fn claimed_nothing(&self) {
         let mut s = self.lock();
-        if clear_idle {
-            let State { overflowed, webhooks, .. } = &mut *s;
-            overflowed.retain(|w| webhooks.contains_key(w));
-            s.full = false;
-        }
-        !s.overflowed.is_empty()
+        let State { overflowed, webhooks, .. } = &mut *s;
+        overflowed.retain(|w| webhooks.contains_key(w));
+        s.full = false;
+    }
+
+    /// Whether some webhook is marked as having left deliveries in the database.
+    #[cfg(test)]
+    fn overflowed(&self) -> bool {
+        !self.lock().overflowed.is_empty()
     }
 
     /// Called once deliveries refused by the gate are committed as `pending` rows, with
@@ -231,7 +233,7 @@ mod tests {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let slots: Vec<Slot> = (0..4).map(|_| gate.try_reserve(a).unwrap()).collect();
         assert!(gate.try_reserve(a).is_none(), "a has twice its limit admitted");
-        assert!(gate.overflowed(false));
+        assert!(gate.overflowed());
         let first = slots[0].exchange().await;
         let _second = slots[1].exchange().await;
         assert!(slots[2].exchanges.clone().try_acquire_owned().is_err(), "a third exchange waits");
@@ -241,10 +243,12 @@ mod tests {
         assert!(gate.try_reserve(b).is_none(), "no global slot left");
         assert_eq!(gate.free(), 0);
         drop(slots);
-        assert!(gate.overflowed(true), "b still has an attempt admitted");
+        gate.claimed_nothing();
+        assert!(gate.overflowed(), "b still has an attempt admitted");
         drop(b1);
         assert_eq!(gate.free(), 5);
-        assert!(!gate.overflowed(true), "nothing admitted: the overflow marks are cleared");
+        gate.claimed_nothing();
+        assert!(!gate.overflowed(), "nothing admitted: the overflow marks are cleared");
         gate.close();
         assert!(gate.try_reserve(b).is_none(), "a closed gate admits nothing");
     }
@@ -274,7 +278,8 @@ mod tests {
         drop(fill);
         assert!(gate.take_wanted());
         // An empty claim forgets the global mark: a later fast slot freeing wants nothing.
-        assert!(gate.overflowed(true), "slow still has an attempt admitted");
+        gate.claimed_nothing();
+        assert!(gate.overflowed(), "slow still has an attempt admitted");
         drop(gate.try_reserve(fast).unwrap());
         assert!(!gate.take_wanted());
     }

@@ -824,7 +824,7 @@ macro_rules! shared_store {
                         for (delivery, slot) in handed {
                             h.send(delivery, slot);
                         }
-                        !left_behind.is_empty() && h.gate.left_behind(&left_behind)
+                        h.gate.left_behind(&left_behind)
                     }
                     None => !left_behind.is_empty(),
                 };

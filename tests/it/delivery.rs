@@ -484,3 +484,34 @@ async fn a_nul_byte_in_a_response_is_stored_as_a_replacement_character(backend: 
 }
 
 both!(a_nul_byte_in_a_response_is_stored_as_a_replacement_character);
+
+/// Connections to a receiver are kept alive and reused, however many attempts ran at once:
+/// two waves of 100 concurrent requests to one host come on at most 100 connections. (A
+/// keep-alive pool smaller than the in-flight limit closed the surplus after the first wave
+/// and opened it again for the second.)
+async fn connections_to_a_receiver_are_reused_across_waves_of_concurrent_attempts(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        s.max_in_flight = Some(100);
+        s.per_webhook_concurrency = Some(100);
+    })
+    .await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    let receiver = TestReceiver::start_with(vec![], Reply::Delayed(Duration::from_millis(100), 200)).await;
+    let hook = app.create_webhook(&key, org, &receiver.url(), &["*"]).await;
+    let hook = hook["id"].as_str().unwrap();
+    for wave in 1..=2 {
+        let events: Vec<Value> =
+            (0..100).map(|n| json!({"organizationId": org, "type": "email.sent", "data": {"n": n}})).collect();
+        let (status, answer) =
+            app.call("POST", "/events/batch", &app.platform_key, Some(json!({"events": events}))).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+        receiver.wait_for(100 * wave, Duration::from_secs(20)).await;
+        // The wave is over (every answer read, the connections back in the pool) before the
+        // next one starts.
+        app.wait_deliveries(&key, org, hook, 100 * wave, |d| d["status"] == "succeeded").await;
+    }
+    assert!(receiver.max_in_flight() > 64, "the waves ran concurrently: {}", receiver.max_in_flight());
+    assert!(receiver.connections() <= 100, "{} connections for 200 requests", receiver.connections());
+}
+both!(connections_to_a_receiver_are_reused_across_waves_of_concurrent_attempts);

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::{body::Bytes, extract::State, http::HeaderMap, response::IntoResponse, Router};
+use axum::extract::{ConnectInfo, State};
+use axum::{body::Bytes, http::HeaderMap, response::IntoResponse, Router};
 use mosend_webhooks::config::{Config, Role, Settings};
 use mosend_webhooks::domain::api_key::Scope;
 use mosend_webhooks::store::Store;
@@ -341,6 +342,8 @@ struct ReceiverState {
     /// Requests that arrived while the same delivery was already in flight.
     overlaps: usize,
     max_in_flight: usize,
+    /// The client ends of the connections requests came on.
+    peers: std::collections::HashSet<SocketAddr>,
 }
 
 /// Removes a delivery from the in-flight set when its request ends, however it ends.
@@ -384,7 +387,7 @@ impl TestReceiver {
         let receiver = TestReceiver { addr, state, count };
         let app = Router::new().fallback(handle).with_state(receiver.clone());
         tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
         });
         receiver
     }
@@ -411,6 +414,11 @@ impl TestReceiver {
         self.state.lock().unwrap().max_in_flight
     }
 
+    /// How many connections requests came on.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().peers.len()
+    }
+
     /// Waits until at least `n` requests arrived; returns them all.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let mut rx = self.count.subscribe();
@@ -420,7 +428,12 @@ impl TestReceiver {
     }
 }
 
-async fn handle(State(r): State<TestReceiver>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+async fn handle(
+    State(r): State<TestReceiver>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
     let delivery = headers.get("x-mosend-delivery").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let _guard = InFlight { state: r.state.clone(), id: delivery.clone() };
     let reply = {
@@ -430,6 +443,7 @@ async fn handle(State(r): State<TestReceiver>, headers: HeaderMap, body: Bytes) 
         if *n > 1 {
             s.overlaps += 1;
         }
+        s.peers.insert(peer);
         let total: usize = s.in_flight.values().sum();
         s.max_in_flight = s.max_in_flight.max(total);
         s.received.push(Received { headers, body, at: Instant::now() });
