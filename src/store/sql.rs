@@ -580,12 +580,22 @@ macro_rules! shared_store {
                 Ok(())
             }
 
-            /// A success ends the webhook's failure streak.
-            async fn end_failure_streak(tx: &mut Conn, webhook_id: Uuid) -> Result<()> {
-                sqlx::query("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE id = $1 AND failed_attempts > 0")
-                    .bind(webhook_id)
-                    .execute(&mut *tx)
-                    .await?;
+            /// A success ends its webhook's failure streak: one statement for the webhooks of
+            /// a group (`IN ((?), (?), …)`: one-value rows, so SQLite binds them anonymously).
+            async fn end_failure_streaks(tx: &mut Conn, webhook_ids: &[Uuid]) -> Result<()> {
+                let mut at = 0;
+                for n in pow2_chunks(webhook_ids.len()) {
+                    let sql = format!(
+                        "UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE failed_attempts > 0 AND id IN ({})",
+                        value_rows(n, 1)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in &webhook_ids[at..at + n] {
+                        query = query.bind(id);
+                    }
+                    query.execute(&mut *tx).await?;
+                    at += n;
+                }
                 Ok(())
             }
 
@@ -956,13 +966,11 @@ macro_rules! shared_store {
                         continue;
                     }
                     if let Some(pos) = succeeded.iter().position(|w| *w == a.webhook_id) {
-                        Self::end_failure_streak(&mut tx, succeeded.swap_remove(pos)).await?;
+                        Self::end_failure_streaks(&mut tx, &[succeeded.swap_remove(pos)]).await?;
                     }
                     out[i] = Self::count_failure(&mut tx, a, policy).await?;
                 }
-                for webhook_id in succeeded {
-                    Self::end_failure_streak(&mut tx, webhook_id).await?;
-                }
+                Self::end_failure_streaks(&mut tx, &succeeded).await?;
                 Self::insert_attempts(&mut tx, &recorded).await?;
                 tx.commit().await?;
                 Ok(out)
