@@ -7,8 +7,11 @@ pub mod cipher;
 pub mod handoff;
 mod postgres;
 mod publisher;
+mod sending;
 mod sql;
 mod sqlite;
+mod sqlite_writer;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,11 +47,20 @@ pub enum StoreError {
     KeyFile(std::io::Error),
     #[error("the encryption key is not the one this database's secrets were sealed with")]
     WrongKey,
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A write grouped with others failed with the group (see `writer`).
+    #[error("database error: {0}")]
+    RoundFailed(String),
     #[error("PostgreSQL needs MOSEND_WEBHOOKS_ENCRYPTION_KEY (every instance must share it; there is no key file)")]
     KeyRequired,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a publish wrote: the events' answers, the deliveries leased to the local worker (to
+/// hand over once committed) and the webhooks whose deliveries were left for the claim loop.
+pub(crate) type Published = (Vec<PublishedEvent>, Vec<HandedOff>, Vec<Uuid>);
 
 /// Opens the backend named by `url` (`sqlite://…`), creating and migrating it. Webhook
 /// secrets are sealed under `key`; without one, the key file beside the SQLite database is
@@ -263,7 +275,7 @@ pub enum NextStep {
 }
 
 /// When a failing webhook is disabled by the service (SPEC §4).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DisablePolicy {
     pub after: Duration,
     pub min_attempts: u32,
@@ -333,6 +345,13 @@ pub trait Store: Send + Sync + 'static {
     /// webhooks (410, or the failure policy). Returns, per record, the reason when it
     /// disabled the webhook.
     async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>>;
+    /// How many groups of writes (publish groups, groups of attempt results) one caller may
+    /// have waiting at once. One keeps each group in its own transaction after the previous
+    /// one; a backend that merges waiting writes (SQLite, see `writer`) takes several, so
+    /// there is always a next group ready when a commit ends.
+    fn groups_in_flight(&self) -> usize {
+        1
+    }
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
     /// Gives back the leases `token` holds on these deliveries (claimed, but not to be sent

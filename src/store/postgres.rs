@@ -46,6 +46,11 @@ impl PostgresStore {
         false
     }
 
+    /// Transactions commit side by side on PostgreSQL: each write keeps its own.
+    fn group_writer(&self) -> Option<&super::writer::GroupWriter> {
+        None
+    }
+
     /// Whether multi-row statements use anonymous `?` parameters (see `sql.rs`).
     const ANONYMOUS_PARAMETERS: bool = false;
 

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use super::cipher::EncryptionKey;
 use super::handoff::Handoff;
+use super::writer::GroupWriter;
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -22,7 +23,10 @@ pub struct SqliteStore {
     signal: Arc<Notify>,
     cipher: super::Cipher,
     /// The local worker's hand-off, while it runs.
-    handoff: std::sync::Mutex<Option<Arc<Handoff>>>,
+    handoff: Arc<std::sync::Mutex<Option<Arc<Handoff>>>>,
+    /// Publishes, attempt results and claims go to the writing thread (`sqlite_writer`);
+    /// `None` for an in-memory database, which only sqlx's connections see.
+    group: Option<GroupWriter>,
 }
 
 /// The key in the file beside the database (`<database>.key`), created on first use. An
@@ -70,8 +74,21 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         let reader =
-            SqlitePoolOptions::new().max_connections(4).test_before_acquire(false).connect_with(options).await?;
-        Ok(Self { writer, reader, signal: Arc::new(Notify::new()), cipher, handoff: Default::default() })
+            SqlitePoolOptions::new().max_connections(4).test_before_acquire(false).connect_with(options.clone()).await?;
+        let mut store =
+            Self { writer, reader, signal: Arc::new(Notify::new()), cipher, handoff: Default::default(), group: None };
+        if key_file_path(url)?.is_some() {
+            let connection = super::sqlite_writer::connect(options.get_filename())?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shared = super::sqlite_writer::Shared {
+                cipher: store.cipher.clone(),
+                handoff: store.handoff.clone(),
+                signal: store.signal.clone(),
+            };
+            super::sqlite_writer::spawn(connection, shared, rx).map_err(super::StoreError::KeyFile)?;
+            store.group = Some(GroupWriter::new(tx));
+        }
+        Ok(store)
     }
 
     /// Write transactions take the write lock up front: a deferred one that read first and
@@ -88,6 +105,10 @@ impl SqliteStore {
     fn set_handoff(&self, handoff: Option<Arc<Handoff>>) -> bool {
         *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = handoff;
         true
+    }
+
+    fn group_writer(&self) -> Option<&GroupWriter> {
+        self.group.as_ref()
     }
 
     /// Whether multi-row statements use anonymous `?` parameters (see `sql.rs`).

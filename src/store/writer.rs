@@ -1,0 +1,63 @@
+//! The queue of the SQLite writing thread (see `sqlite_writer`): publishes, attempt results
+//! and claims are sent as jobs and answered once the transaction holding them has
+//! committed. Callers see no difference from a transaction of their own.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AttemptRecord, ClaimRequest, ClaimedDelivery, DisablePolicy, NewEvent, Published, Result, StoreError};
+
+/// At most this many jobs per transaction.
+pub(super) const ROUND: usize = 16;
+
+/// Groups one caller (the publisher, a worker's recorder) may have waiting at once.
+pub(super) const GROUPS_IN_FLIGHT: usize = 4;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(super) enum Job {
+    Record { records: Vec<AttemptRecord>, policy: DisablePolicy, reply: Reply<Vec<Option<String>>> },
+    Publish { events: Vec<NewEvent>, window: Duration, reply: Reply<Published> },
+    Claim { request: ClaimRequest, reply: Reply<Vec<ClaimedDelivery>> },
+}
+
+/// Answers a job: with its outcome if the round committed, else with the round's error.
+pub(super) fn answer<T>(reply: Reply<T>, outcome: Result<T>, failed: Option<&str>) {
+    let _ = reply.send(match (outcome, failed) {
+        (Ok(_), Some(msg)) => Err(StoreError::RoundFailed(msg.to_owned())),
+        (outcome, _) => outcome,
+    });
+}
+
+/// The handle callers send jobs through; the task writing them ends when the last handle is
+/// dropped.
+pub(super) struct GroupWriter {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl GroupWriter {
+    pub(super) fn new(tx: mpsc::UnboundedSender<Job>) -> Self {
+        Self { tx }
+    }
+
+    async fn run<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::RoundFailed("the writing task has stopped".into());
+        self.tx.send(job(reply)).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    pub(super) async fn publish(&self, events: Vec<NewEvent>, window: Duration) -> Result<Published> {
+        self.run(|reply| Job::Publish { events, window, reply }).await
+    }
+
+    pub(super) async fn record(&self, records: Vec<AttemptRecord>, policy: DisablePolicy) -> Result<Vec<Option<String>>> {
+        self.run(|reply| Job::Record { records, policy, reply }).await
+    }
+
+    pub(super) async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+        self.run(|reply| Job::Claim { request, reply }).await
+    }
+}
+
