@@ -207,7 +207,7 @@ impl Config {
             }
         };
         let max_in_flight = s.max_in_flight.unwrap_or(256);
-        let per_webhook_concurrency = s.per_webhook_concurrency.unwrap_or(16);
+        let per_webhook_concurrency = s.per_webhook_concurrency.unwrap_or(32);
         let claim_batch = s.claim_batch.unwrap_or(64);
         positive("max in flight", max_in_flight as u64)?;
         positive("per-webhook concurrency", u64::from(per_webhook_concurrency))?;

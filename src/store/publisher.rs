@@ -60,7 +60,12 @@ async fn commit_in_groups(store: Arc<dyn Store>, window: Duration, mut rx: mpsc:
     }
 }
 
-async fn write_group(store: &dyn Store, events: Vec<NewEvent>, answers: Vec<oneshot::Sender<Result<PublishedEvent>>>, window: Duration) {
+async fn write_group(
+    store: &dyn Store,
+    events: Vec<NewEvent>,
+    answers: Vec<oneshot::Sender<Result<PublishedEvent>>>,
+    window: Duration,
+) {
     match store.publish_batch(&events, window).await {
         Ok(published) if published.len() == events.len() => {
             for (answer, p) in answers.into_iter().zip(published) {

@@ -73,8 +73,11 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
-        let reader =
-            SqlitePoolOptions::new().max_connections(4).test_before_acquire(false).connect_with(options.clone()).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
         let mut store =
             Self { writer, reader, signal: Arc::new(Notify::new()), cipher, handoff: Default::default(), group: None };
         if key_file_path(url)?.is_some() {

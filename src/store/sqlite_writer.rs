@@ -25,8 +25,8 @@ use super::handoff::{HandedOff, Handoff};
 use super::sending::{Sendable, Target};
 use super::writer::{answer, Job, ROUND};
 use super::{
-    disable_reason, AttemptRecord, Cipher, ClaimRequest, ClaimedDelivery, DisablePolicy, NewEvent, NextStep, PublishedEvent,
-    Result, StoreError,
+    disable_reason, AttemptRecord, Cipher, ClaimRequest, ClaimedDelivery, DisablePolicy, NewEvent, NextStep,
+    PublishedEvent, Result, StoreError,
 };
 use crate::domain::{
     delivery::{DeliveryStatus, Outcome},
@@ -99,7 +99,7 @@ fn run(mut conn: Connection, shared: Shared, mut rx: mpsc::UnboundedReceiver<Job
             Job::Publish { .. } => 1,
             Job::Claim { .. } => 2,
         });
-        write_round(&mut conn, &shared, jobs.drain(..).collect());
+        write_round(&mut conn, &shared, std::mem::take(&mut jobs));
     }
 }
 
@@ -200,7 +200,15 @@ fn publish(c: &Connection, shared: &Shared, events: &[NewEvent], window: Duratio
             deliveries.extend(hooks.iter().filter(|t| event_type::matches(&t.events, &e.event_type)).map(|t| (t, e)));
         }
         let count = u32::try_from(deliveries.len() - before).unwrap_or(u32::MAX);
-        insert_event.execute(params![e.id, e.org_id, e.event_type, e.data, e.idempotency_key, i64::from(count), e.created_at.0])?;
+        insert_event.execute(params![
+            e.id,
+            e.org_id,
+            e.event_type,
+            e.data,
+            e.idempotency_key,
+            i64::from(count),
+            e.created_at.0
+        ])?;
         out[i] = Some(PublishedEvent {
             id: e.id,
             event_type: e.event_type.clone(),
@@ -295,7 +303,9 @@ fn subscriptions(c: &Connection, cipher: &Cipher, orgs: &[Uuid], sendable: bool)
 /// the key is freed for the new event.
 fn existing_event(c: &Connection, e: &NewEvent, key: &str, window: Duration) -> Result<Option<PublishedEvent>> {
     let existing = c
-        .prepare_cached("SELECT id, type, created_at, deliveries FROM events WHERE org_id = ?1 AND idempotency_key = ?2")?
+        .prepare_cached(
+            "SELECT id, type, created_at, deliveries FROM events WHERE org_id = ?1 AND idempotency_key = ?2",
+        )?
         .query_row(params![e.org_id, key], |row| {
             Ok((row.get::<_, Uuid>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?))
         })
@@ -387,8 +397,10 @@ fn record(c: &Connection, records: &[AttemptRecord], policy: &DisablePolicy) -> 
 }
 
 fn end_failure_streak(c: &Connection, webhook_id: Uuid) -> Result<()> {
-    c.prepare_cached("UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE failed_attempts > 0 AND id = ?1")?
-        .execute(params![webhook_id])?;
+    c.prepare_cached(
+        "UPDATE webhooks SET failing_since = NULL, failed_attempts = 0 WHERE failed_attempts > 0 AND id = ?1",
+    )?
+    .execute(params![webhook_id])?;
     Ok(())
 }
 
@@ -430,7 +442,8 @@ fn count_failure(c: &Connection, a: &AttemptRecord, now: Timestamp, policy: &Dis
 
 /// Leases due deliveries (see `claim_due` in `sql.rs` and `SqliteStore::CLAIM_SQL`).
 fn claim(c: &Connection, cipher: &Cipher, r: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
-    let active: i64 = c.prepare_cached("SELECT COUNT(*) FROM webhooks WHERE status = 'active'")?.query_row([], |row| row.get(0))?;
+    let active: i64 =
+        c.prepare_cached("SELECT COUNT(*) FROM webhooks WHERE status = 'active'")?.query_row([], |row| row.get(0))?;
     let per_probe = ((2 * i64::from(r.batch) + active - 1) / active.max(1)).clamp(1, i64::from(r.per_webhook));
     let ids: Vec<Uuid> = c
         .prepare_cached(super::SqliteStore::CLAIM_SQL)?
@@ -476,7 +489,8 @@ fn claim(c: &Connection, cipher: &Cipher, r: &ClaimRequest) -> Result<Vec<Claime
             event_type: row.get(3)?,
             event_data: row.get(5)?,
             event_created_at: Timestamp(row.get(6)?),
-            attempts: u32::try_from(row.get::<_, i64>(4)?).map_err(|_| StoreError::Corrupt("delivery attempts".into()))?,
+            attempts: u32::try_from(row.get::<_, i64>(4)?)
+                .map_err(|_| StoreError::Corrupt("delivery attempts".into()))?,
             url: send.url,
             format: send.format,
             secret: send.secret,

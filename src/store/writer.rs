@@ -52,7 +52,11 @@ impl GroupWriter {
         self.run(|reply| Job::Publish { events, window, reply }).await
     }
 
-    pub(super) async fn record(&self, records: Vec<AttemptRecord>, policy: DisablePolicy) -> Result<Vec<Option<String>>> {
+    pub(super) async fn record(
+        &self,
+        records: Vec<AttemptRecord>,
+        policy: DisablePolicy,
+    ) -> Result<Vec<Option<String>>> {
         self.run(|reply| Job::Record { records, policy, reply }).await
     }
 
@@ -60,4 +64,3 @@ impl GroupWriter {
         self.run(|reply| Job::Claim { request, reply }).await
     }
 }
-
