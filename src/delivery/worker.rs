@@ -311,33 +311,25 @@ async fn record_in_groups(
     mut rx: mpsc::UnboundedReceiver<Recorded>,
 ) {
     const GROUP: usize = 256;
-    // Groups waiting on the store at once: the next group is gathered while the previous
-    // ones are written. The last ones are awaited before returning.
-    let waiting = Arc::new(tokio::sync::Semaphore::new(store.groups_in_flight().max(1)));
-    let tasks = TaskTracker::new();
-    let mut group: Vec<Recorded> = Vec::with_capacity(GROUP);
-    loop {
-        let Ok(permit) = waiting.clone().acquire_owned().await else { break };
-        if rx.recv_many(&mut group, GROUP).await == 0 {
-            break;
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
         }
-        let (records, acks): (Vec<AttemptRecord>, Vec<oneshot::Sender<()>>) = group.drain(..).unzip();
-        let store = store.clone();
-        tasks.spawn(async move {
-            if write(store.as_ref(), &records, &policy).await.is_err() && records.len() > 1 {
-                // One bad record must not sink the others: write them one by one.
-                for record in &records {
-                    let _ = write(store.as_ref(), std::slice::from_ref(record), &policy).await;
-                }
+        let (records, acks): (Vec<AttemptRecord>, Vec<oneshot::Sender<()>>) = group.into_iter().unzip();
+        if write(store.as_ref(), &records, &policy).await.is_err() && records.len() > 1 {
+            // One bad record must not sink the others: write them one by one.
+            for record in &records {
+                let _ = write(store.as_ref(), std::slice::from_ref(record), &policy).await;
             }
-            for ack in acks {
-                let _ = ack.send(());
-            }
-            drop(permit);
-        });
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
     }
-    tasks.close();
-    tasks.wait().await;
 }
 
 /// Writes a group of attempt records, retrying a passing failure a few times.

@@ -49,6 +49,8 @@ pub enum StoreError {
     WrongKey,
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("cannot start the SQLite writing thread: {0}")]
+    WriterThread(std::io::Error),
     /// A write grouped with others failed with the group (see `writer`).
     #[error("database error: {0}")]
     RoundFailed(String),
@@ -275,7 +277,7 @@ pub enum NextStep {
 }
 
 /// When a failing webhook is disabled by the service (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct DisablePolicy {
     pub after: Duration,
     pub min_attempts: u32,
@@ -345,13 +347,6 @@ pub trait Store: Send + Sync + 'static {
     /// webhooks (410, or the failure policy). Returns, per record, the reason when it
     /// disabled the webhook.
     async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>>;
-    /// How many groups of writes (publish groups, groups of attempt results) one caller may
-    /// have waiting at once. One keeps each group in its own transaction after the previous
-    /// one; a backend that merges waiting writes (SQLite, see `writer`) takes several, so
-    /// there is always a next group ready when a commit ends.
-    fn groups_in_flight(&self) -> usize {
-        1
-    }
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
     /// Gives back the leases `token` holds on these deliveries (claimed, but not to be sent

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{NewEvent, PublishedEvent, Result, Store, StoreError};
 
@@ -42,50 +42,30 @@ impl Publisher {
 }
 
 async fn commit_in_groups(store: Arc<dyn Store>, window: Duration, mut rx: mpsc::UnboundedReceiver<Request>) {
-    // Groups waiting on the store at once: the next group is gathered while the previous
-    // ones are written.
-    let waiting = Arc::new(Semaphore::new(store.groups_in_flight().max(1)));
     let mut group: Vec<Request> = Vec::with_capacity(GROUP);
-    loop {
-        let Ok(permit) = waiting.clone().acquire_owned().await else { return };
-        if rx.recv_many(&mut group, GROUP).await == 0 {
-            return;
-        }
+    while rx.recv_many(&mut group, GROUP).await > 0 {
         let (events, answers): (Vec<NewEvent>, Vec<_>) = group.drain(..).unzip();
-        let store = store.clone();
-        tokio::spawn(async move {
-            write_group(store.as_ref(), events, answers, window).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn write_group(
-    store: &dyn Store,
-    events: Vec<NewEvent>,
-    answers: Vec<oneshot::Sender<Result<PublishedEvent>>>,
-    window: Duration,
-) {
-    match store.publish_batch(&events, window).await {
-        Ok(published) if published.len() == events.len() => {
-            for (answer, p) in answers.into_iter().zip(published) {
-                let _ = answer.send(Ok(p));
+        match store.publish_batch(&events, window).await {
+            Ok(published) if published.len() == events.len() => {
+                for (answer, p) in answers.into_iter().zip(published) {
+                    let _ = answer.send(Ok(p));
+                }
             }
-        }
-        Ok(_) | Err(_) if events.len() > 1 => {
-            tracing::debug!(count = events.len(), "a publish group failed; writing its events one by one");
-            for (answer, event) in answers.into_iter().zip(&events) {
-                let _ = answer.send(store.publish_event(event, window).await);
+            Ok(_) | Err(_) if events.len() > 1 => {
+                tracing::debug!(count = events.len(), "a publish group failed; writing its events one by one");
+                for (answer, event) in answers.into_iter().zip(&events) {
+                    let _ = answer.send(store.publish_event(event, window).await);
+                }
             }
-        }
-        Ok(_) => {
-            for answer in answers {
-                let _ = answer.send(Err(StoreError::Corrupt("a publish returned no event".into())));
+            Ok(_) => {
+                for answer in answers {
+                    let _ = answer.send(Err(StoreError::Corrupt("a publish returned no event".into())));
+                }
             }
-        }
-        Err(e) => {
-            if let Some(answer) = answers.into_iter().next() {
-                let _ = answer.send(Err(e));
+            Err(e) => {
+                if let Some(answer) = answers.into_iter().next() {
+                    let _ = answer.send(Err(e));
+                }
             }
         }
     }

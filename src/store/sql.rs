@@ -264,42 +264,20 @@ macro_rules! shared_store {
             /// local worker has a free slot for are inserted leased to it and returned, to be
             /// handed over once the transaction has committed (see `handoff`); also the webhooks
             /// whose deliveries were left for the claim loop.
-            async fn publish_all(&self, events: &[NewEvent], window: __Duration) -> Result<crate::store::Published> {
+            async fn publish_all(
+                &self,
+                events: &[NewEvent],
+                window: __Duration,
+            ) -> Result<crate::store::Published> {
                 if let Some(writer) = self.group_writer() {
                     return writer.publish(events.to_vec(), window).await;
                 }
-                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
-                let published = self.publish_in(&mut tx, events, window).await?;
-                tx.commit().await?;
-                Ok(published)
-            }
-
-            /// Once a publish has committed: hands the leased deliveries over, and wakes the
-            /// claim loop only if some were left for it and no slot that can take them is due
-            /// to free (the gate then wants a claim when it does).
-            fn hand_over(&self, handed: Vec<crate::store::handoff::HandedOff>, left_behind: &[Uuid]) {
-                let wake = match self.handoff() {
-                    Some(h) => {
-                        for (delivery, slot) in handed {
-                            h.send(delivery, slot);
-                        }
-                        h.gate.left_behind(left_behind)
-                    }
-                    None => !left_behind.is_empty(),
-                };
-                if wake {
-                    self.signal.notify_one();
-                }
-            }
-
-            /// The statements of [`publish_all`](Self::publish_all), in a transaction the caller
-            /// commits.
-            async fn publish_in(&self, tx: &mut Conn, events: &[NewEvent], window: __Duration) -> Result<crate::store::Published> {
                 let handoff = self.handoff();
+                let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let mut orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
                 orgs.sort_unstable();
                 orgs.dedup();
-                let subscriptions = self.subscriptions(&mut *tx, &orgs, handoff.is_some()).await?;
+                let subscriptions = self.subscriptions(&mut tx, &orgs, handoff.is_some()).await?;
                 // Keyed events go first, in (organization, key) order: concurrent batches then take
                 // the unique index's entries in one order, so they wait for each other instead
                 // of deadlocking. The sort is stable, so a key repeated within the batch still
@@ -321,7 +299,7 @@ macro_rules! shared_store {
                             continue;
                         }
                         first_of_key.insert((e.org_id, key), i);
-                        if let Some(existing) = Self::existing_event(&mut *tx, e, key, window).await? {
+                        if let Some(existing) = Self::existing_event(&mut tx, e, key, window).await? {
                             out[i] = Some(existing);
                             continue;
                         }
@@ -415,6 +393,7 @@ macro_rules! shared_store {
                     query.execute(&mut *tx).await?;
                     at += n;
                 }
+                tx.commit().await?;
                 Ok((out.into_iter().flatten().collect(), handed, left_behind.into_iter().collect()))
             }
 
@@ -528,78 +507,6 @@ macro_rules! shared_store {
                 }
                 Ok(ours)
             }
-
-            /// Leases due deliveries (see `claim_due`), in a transaction the caller commits.
-            async fn claim_in(&self, tx: &mut Conn, r: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
-                Self::lock_claims(&mut *tx).await?;
-
-                // Due deliveries of active webhooks, at most `per_webhook` per webhook counting
-                // the ones already leased (in flight here or in another process).
-                // How many due deliveries to read per webhook: all it may take when few webhooks
-                // have work, down to one each when thousands do (the claim then costs
-                // O(active webhooks), and the next claim takes the next ones).
-                let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE status = 'active'")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let per_probe = ((2 * i64::from(r.batch) + active - 1) / active.max(1)).clamp(1, i64::from(r.per_webhook));
-                let ids: Vec<Uuid> = sqlx::query_scalar(Self::CLAIM_SQL)
-                    .bind(r.now.0)
-                    .bind(i64::from(r.per_webhook))
-                    .bind(i64::from(r.batch))
-                    .bind(r.lease_until.0)
-                    .bind(r.token)
-                    .bind(per_probe)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let sql = format!(
-                    "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, e.data, e.created_at AS event_created_at,
-                            w.url, w.format, w.secret, w.previous_secret, w.previous_secret_expires_at, w.headers
-                     FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
-                     WHERE d.id IN {}",
-                    placeholders(1, ids.len())
-                );
-                let mut query = sqlx::query(&sql);
-                for id in &ids {
-                    query = query.bind(id);
-                }
-                let rows = query.fetch_all(&mut *tx).await?;
-                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now, r.lease_until)).collect()
-            }
-
-
-            /// Records a group of attempts (see `record_attempts`), in a transaction the caller
-            /// commits; returns why each attempt's webhook was disabled, if it was.
-            async fn record_in(tx: &mut Conn, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {
-                let mut out = vec![None; records.len()];
-                let mut recorded = Vec::with_capacity(records.len());
-                let ours = Self::record_deliveries(&mut *tx, records).await?;
-                // Webhooks whose failure streak a success in this group ends: reset once each,
-                // before a later failure of the same webhook counts.
-                let mut succeeded: Vec<Uuid> = Vec::new();
-                for (i, a) in records.iter().enumerate() {
-                    if !ours.contains(&a.delivery_id) {
-                        continue;
-                    }
-                    recorded.push(a);
-                    if a.outcome == Outcome::Success {
-                        if !succeeded.contains(&a.webhook_id) {
-                            succeeded.push(a.webhook_id);
-                        }
-                        continue;
-                    }
-                    if let Some(pos) = succeeded.iter().position(|w| *w == a.webhook_id) {
-                        Self::end_failure_streaks(&mut *tx, &[succeeded.swap_remove(pos)]).await?;
-                    }
-                    out[i] = Self::count_failure(&mut *tx, a, policy).await?;
-                }
-                Self::end_failure_streaks(&mut *tx, &succeeded).await?;
-                Self::insert_attempts(&mut *tx, &recorded).await?;
-                Ok(out)
-            }
-
 
             /// The attempt rows of a group, with multi-row inserts.
             async fn insert_attempts(tx: &mut Conn, attempts: &[&AttemptRecord]) -> Result<()> {
@@ -873,7 +780,21 @@ macro_rules! shared_store {
                         other => break other?,
                     }
                 };
-                self.hand_over(handed, &left_behind);
+                // Committed: hand the leased deliveries over, and wake the claim loop only if
+                // some were left for it and no slot that can take them is due to free (the
+                // gate then wants a claim when it does).
+                let wake = match self.handoff() {
+                    Some(h) => {
+                        for (delivery, slot) in handed {
+                            h.send(delivery, slot);
+                        }
+                        h.gate.left_behind(&left_behind)
+                    }
+                    None => !left_behind.is_empty(),
+                };
+                if wake {
+                    self.signal.notify_one();
+                }
                 Ok(published)
             }
 
@@ -943,9 +864,42 @@ macro_rules! shared_store {
                     return writer.claim(*r).await;
                 }
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
-                let claimed = self.claim_in(&mut tx, r).await?;
+                Self::lock_claims(&mut tx).await?;
+                // Due deliveries of active webhooks, at most `per_webhook` per webhook counting
+                // the ones already leased (in flight here or in another process).
+                // How many due deliveries to read per webhook: all it may take when few webhooks
+                // have work, down to one each when thousands do (the claim then costs
+                // O(active webhooks), and the next claim takes the next ones).
+                let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE status = 'active'")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let per_probe = ((2 * i64::from(r.batch) + active - 1) / active.max(1)).clamp(1, i64::from(r.per_webhook));
+                let ids: Vec<Uuid> = sqlx::query_scalar(Self::CLAIM_SQL)
+                    .bind(r.now.0)
+                    .bind(i64::from(r.per_webhook))
+                    .bind(i64::from(r.batch))
+                    .bind(r.lease_until.0)
+                    .bind(r.token)
+                    .bind(per_probe)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, e.data, e.created_at AS event_created_at,
+                            w.url, w.format, w.secret, w.previous_secret, w.previous_secret_expires_at, w.headers
+                     FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
+                     WHERE d.id IN {}",
+                    placeholders(1, ids.len())
+                );
+                let mut query = sqlx::query(&sql);
+                for id in &ids {
+                    query = query.bind(id);
+                }
+                let rows = query.fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                Ok(claimed)
+                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now, r.lease_until)).collect()
             }
 
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {
@@ -954,10 +908,34 @@ macro_rules! shared_store {
                 }
                 // One transaction for many attempts: a group commit, one fsync for the lot.
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
-                let out = Self::record_in(&mut tx, records, policy).await?;
+                let mut out = vec![None; records.len()];
+                let mut recorded = Vec::with_capacity(records.len());
+                let ours = Self::record_deliveries(&mut tx, records).await?;
+                // Webhooks whose failure streak a success in this group ends: reset once each,
+                // before a later failure of the same webhook counts.
+                let mut succeeded: Vec<Uuid> = Vec::new();
+                for (i, a) in records.iter().enumerate() {
+                    if !ours.contains(&a.delivery_id) {
+                        continue;
+                    }
+                    recorded.push(a);
+                    if a.outcome == Outcome::Success {
+                        if !succeeded.contains(&a.webhook_id) {
+                            succeeded.push(a.webhook_id);
+                        }
+                        continue;
+                    }
+                    if let Some(pos) = succeeded.iter().position(|w| *w == a.webhook_id) {
+                        Self::end_failure_streaks(&mut tx, &[succeeded.swap_remove(pos)]).await?;
+                    }
+                    out[i] = Self::count_failure(&mut tx, a, policy).await?;
+                }
+                Self::end_failure_streaks(&mut tx, &succeeded).await?;
+                Self::insert_attempts(&mut tx, &recorded).await?;
                 tx.commit().await?;
                 Ok(out)
             }
+
             async fn reencrypt(&self, new: &Cipher) -> Result<u64> {
                 let mut tx = self.write_pool().begin_with(Self::BEGIN_WRITE).await?;
                 let rows = sqlx::query("SELECT id, secret, previous_secret FROM webhooks").fetch_all(&mut *tx).await?;
@@ -1002,14 +980,6 @@ macro_rules! shared_store {
                     self.signal.notify_one();
                 }
                 Ok(released)
-            }
-
-            fn groups_in_flight(&self) -> usize {
-                if self.group_writer().is_some() {
-                    crate::store::writer::GROUPS_IN_FLIGHT
-                } else {
-                    1
-                }
             }
 
             fn attach_handoff(&self, handoff: std::sync::Arc<crate::store::Handoff>) -> bool {

@@ -1,7 +1,10 @@
-//! The embedded SQLite backend (the default). SQLite has one writer at a time, so writes go
-//! through a pool of one connection (no `SQLITE_BUSY` storms between our own writers) and
-//! reads through a small pool of their own; WAL mode lets both run together. Commits use
-//! `synchronous=FULL`: an event answered 202 survives a power cut, not just a crash.
+//! The embedded SQLite backend (the default). SQLite has one writer at a time. The busy
+//! writes (publishes, attempt results, claims) go to a thread of its own that writes
+//! whatever is waiting in one transaction (`sqlite_writer`); the others (webhooks, keys,
+//! purges, lease releases) through a pool of one connection; `BEGIN IMMEDIATE` and the busy
+//! timeout order the two. Reads use a small pool of their own; WAL mode lets them run beside
+//! the writes. Commits use `synchronous=FULL`: an event answered 202 survives a power cut,
+//! not just a crash.
 //!
 //! The statements shared with PostgreSQL are in `sql.rs`; here are connecting, migrating
 //! and the claim statement.
@@ -88,7 +91,7 @@ impl SqliteStore {
                 handoff: store.handoff.clone(),
                 signal: store.signal.clone(),
             };
-            super::sqlite_writer::spawn(connection, shared, rx).map_err(super::StoreError::KeyFile)?;
+            super::sqlite_writer::spawn(connection, shared, rx).map_err(super::StoreError::WriterThread)?;
             store.group = Some(GroupWriter::new(tx));
         }
         Ok(store)

@@ -11,9 +11,6 @@ use super::{AttemptRecord, ClaimRequest, ClaimedDelivery, DisablePolicy, NewEven
 /// At most this many jobs per transaction.
 pub(super) const ROUND: usize = 16;
 
-/// Groups one caller (the publisher, a worker's recorder) may have waiting at once.
-pub(super) const GROUPS_IN_FLIGHT: usize = 4;
-
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
 pub(super) enum Job {
