@@ -501,3 +501,57 @@ fn claim(c: &Connection, cipher: &Cipher, r: &ClaimRequest) -> Result<Vec<Claime
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EncryptionKey, SqliteStore, Store as _};
+
+    fn event(id: Uuid) -> NewEvent {
+        NewEvent {
+            id,
+            org_id: Uuid::now_v7(),
+            event_type: "email.delivered".into(),
+            data: "{}".into(),
+            idempotency_key: None,
+            created_at: Timestamp::now(),
+        }
+    }
+
+    /// Two publishes written in one round, the second failing half-way (its first event is
+    /// written, its second event's id is taken by the first publish): the first publish is
+    /// committed and answered, the second answered with its own error, and nothing of it is
+    /// left behind, not even its first event.
+    #[tokio::test]
+    async fn a_job_that_fails_rolls_back_alone_and_the_rest_of_its_round_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("round.db");
+        let cipher = Cipher::new(&EncryptionKey::generate());
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display()), cipher.clone()).await.unwrap();
+        store.migrate().await.unwrap();
+        let id = Uuid::now_v7();
+        let (first, second) = (event(id), vec![event(Uuid::now_v7()), event(id)]);
+        // Both jobs are queued before the thread starts, so they are written in one round.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let window = Duration::from_secs(60);
+        let (reply_a, a) = tokio::sync::oneshot::channel();
+        let (reply_b, b) = tokio::sync::oneshot::channel();
+        tx.send(Job::Publish { events: vec![first], window, reply: reply_a }).unwrap();
+        tx.send(Job::Publish { events: second, window, reply: reply_b }).unwrap();
+        let shared = Shared { cipher, handoff: Arc::default(), signal: Arc::default() };
+        spawn(connect(&path).unwrap(), shared, rx).unwrap();
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let (published, _, _) = a.expect("the first publish is written");
+        assert_eq!(published[0].id, id);
+        assert!(b.is_err(), "the second publish fails on its own");
+        let c = connect(&path).unwrap();
+        let ids: Vec<Uuid> = c
+            .prepare("SELECT id FROM events")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(ids, vec![id], "only the first publish's event is stored");
+    }
+}
