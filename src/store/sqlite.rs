@@ -133,7 +133,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Claims need no extra lock: the single writer connection serialises them.
+    /// Claims need no extra lock: the writing thread (for an in-memory database, the single
+    /// writer connection) serialises them.
     async fn lock_claims(_tx: &mut sqlx::SqliteConnection) -> super::Result<()> {
         Ok(())
     }
