@@ -27,7 +27,7 @@ pub(super) fn answer<T>(reply: Reply<T>, outcome: Result<T>, failed: Option<&str
     });
 }
 
-/// The handle callers send jobs through; the task writing them ends when the last handle is
+/// The handle callers send jobs through; the thread writing them ends when the last handle is
 /// dropped.
 pub(super) struct GroupWriter {
     tx: mpsc::UnboundedSender<Job>,
@@ -40,9 +40,10 @@ impl GroupWriter {
 
     async fn run<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        let gone = || StoreError::RoundFailed("the writing task has stopped".into());
-        self.tx.send(job(reply)).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let stopped = || StoreError::RoundFailed("the writing thread has stopped".into());
+        self.tx.send(job(reply)).map_err(|_| stopped())?;
+        // A reply dropped unanswered: the round's transaction failed before reaching this job.
+        answer.await.map_err(|_| StoreError::RoundFailed("not written: its round failed (see the log)".into()))?
     }
 
     pub(super) async fn publish(&self, events: Vec<NewEvent>, window: Duration) -> Result<Published> {
