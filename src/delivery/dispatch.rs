@@ -5,12 +5,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use serde_json::value::RawValue;
-use url::Url;
 
-use crate::domain::{address::AllowList, delivery::Outcome, payload, retry::parse_retry_after, time::Timestamp};
+use crate::domain::{address::AllowList, delivery::Outcome, retry::parse_retry_after, time::Timestamp};
 use crate::net::{self, ErrorKind};
-use crate::signing;
 use crate::store::ClaimedDelivery;
 
 /// At most this many bytes of a response body are read and stored.
@@ -97,14 +94,13 @@ impl Dispatcher {
     }
 
     async fn exchange(&self, d: &ClaimedDelivery, attempted_at: Timestamp) -> Result<Answer, (Outcome, String)> {
-        let url = Url::parse(&d.url).map_err(|e| (Outcome::Protocol, format!("invalid URL: {e}")))?;
-        net::check_target(&url, &self.allow).map_err(|b| (Outcome::Blocked, b.to_string()))?;
-        let data: &RawValue = serde_json::from_str(&d.event_data)
-            .map_err(|e| (Outcome::Protocol, format!("stored event data is not JSON: {e}")))?;
-        let event_id = d.event_id.to_string();
-        let body = payload::render(d.format, &event_id, &d.event_type, d.event_created_at, data);
-        let headers = self.headers(d, &event_id, attempted_at, &body);
-        let response = self.client.post(url).headers(headers).body(body).send().await.map_err(classify)?;
+        let webhook = &d.webhook;
+        let url = webhook.url.as_ref().map_err(|e| (Outcome::Protocol, e.clone()))?;
+        net::check_target(url, &self.allow).map_err(|b| (Outcome::Blocked, b.to_string()))?;
+        // Rendered once per event and format, shared by the event's deliveries.
+        let body = d.event.body(webhook.format).map_err(|e| (Outcome::Protocol, e.to_string()))?.clone();
+        let headers = self.headers(d, attempted_at, &body);
+        let response = self.client.post(url.clone()).headers(headers).body(body).send().await.map_err(classify)?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -115,29 +111,30 @@ impl Dispatcher {
         Ok(Answer { status, retry_after, body })
     }
 
-    fn headers(&self, d: &ClaimedDelivery, event_id: &str, attempted_at: Timestamp, body: &[u8]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn headers(&self, d: &ClaimedDelivery, attempted_at: Timestamp, body: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(8 + d.webhook.headers.len());
         // Custom headers first, so ours win; their names and values were validated on write.
-        for (name, value) in &d.headers {
+        for (name, value) in &d.webhook.headers {
             if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
                 h.insert(n, v);
             }
         }
         let timestamp = attempted_at.unix_seconds();
+        let event_id = d.event.id.to_string();
+        let signer = &d.webhook.signer;
+        // During a rotation the previous secret signs too: two space-separated `v1,` values.
+        let standard = signer.standard(&event_id, timestamp, body);
         let mut put = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::try_from(value) {
                 h.insert(HeaderName::from_static(name), v);
             }
         };
-        put("x-mosend-event", d.event_type.clone());
+        put("x-mosend-event", d.event.event_type.clone());
         put("x-mosend-delivery", d.id.to_string());
-        put("x-mosend-signature", signing::mosend_signature(&d.secret, body));
-        put("webhook-id", event_id.to_string());
+        put("x-mosend-signature", signer.mosend(body));
+        put("webhook-id", event_id);
         put("webhook-timestamp", timestamp.to_string());
-        // During a rotation the previous secret signs too: two space-separated `v1,` values.
-        let mut secrets = vec![&d.secret];
-        secrets.extend(d.previous_secret.as_ref());
-        put("webhook-signature", signing::standard_signature_header(&secrets, event_id, timestamp, body));
+        put("webhook-signature", standard);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h
     }

@@ -115,7 +115,7 @@ impl Worker {
                         let mut refused = Vec::new();
                         for delivery in claimed {
                             // The hand-off may have taken the slots in the meantime.
-                            match gate.try_reserve(delivery.webhook_id) {
+                            match gate.try_reserve(delivery.webhook.webhook_id) {
                                 Some(slot) => this.start(&tracker, delivery, slot, &to_recorder),
                                 None => refused.push(delivery.id),
                             }
@@ -218,7 +218,7 @@ impl Worker {
         });
     }
 
-    #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, webhook_id = %delivery.webhook_id, event_id = %delivery.event_id))]
+    #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, webhook_id = %delivery.webhook.webhook_id, event_id = %delivery.event.id))]
     async fn deliver(
         &self,
         delivery: ClaimedDelivery,
@@ -234,7 +234,7 @@ impl Worker {
         debug!(outcome = result.outcome.code(), status = ?result.status_code, duration_ms = result.duration_ms, "attempt done");
         let record = AttemptRecord {
             delivery_id: delivery.id,
-            webhook_id: delivery.webhook_id,
+            webhook_id: delivery.webhook.webhook_id,
             token: self.token,
             attempted_at: result.attempted_at,
             duration_ms: result.duration_ms,

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::domain::{
     api_key::Scope,
     delivery::{DeliveryStatus, Outcome},
+    payload::OutboundEvent,
     time::Timestamp,
     webhook::{Format, Headers, Status, WebhookSecret},
 };
@@ -31,6 +32,7 @@ pub use cipher::{Cipher, EncryptionKey};
 pub use handoff::{Gate, HandedOff, Handoff, Slot};
 pub use postgres::PostgresStore;
 pub use publisher::Publisher;
+pub use sending::Sendable;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -250,21 +252,14 @@ pub struct ClaimRequest {
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
     pub id: Uuid,
-    pub webhook_id: Uuid,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub event_data: String,
-    pub event_created_at: Timestamp,
     /// Attempts made before this one.
     pub attempts: u32,
-    pub url: String,
-    pub format: Format,
-    pub secret: WebhookSecret,
-    /// The secret before a rotation, still signing until its grace period ends.
-    pub previous_secret: Option<WebhookSecret>,
-    pub headers: Headers,
     /// The lease ends then: an attempt that could outlast it is not started.
     pub lease_until: Timestamp,
+    /// Shared by the deliveries of one event handed over together.
+    pub event: Arc<OutboundEvent>,
+    /// Shared by the deliveries to one webhook handed over or claimed together.
+    pub webhook: Arc<Sendable>,
 }
 
 /// What happens to a delivery after an attempt.

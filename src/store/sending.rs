@@ -1,15 +1,19 @@
 //! What a publish needs to know of a webhook to hand a fresh delivery to the local worker,
 //! shared by the backends' publish paths.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use url::Url;
 use uuid::Uuid;
 
 use super::{Cipher, ClaimedDelivery, NewEvent, Result, StoreError};
 use crate::domain::{
+    payload::OutboundEvent,
     time::Timestamp,
     webhook::{Format, Headers, WebhookSecret},
 };
+use crate::signing::Signer;
 
 /// Opens a sealed webhook secret, bound to its webhook's id.
 pub(crate) fn open_secret(cipher: &Cipher, sealed: &str, webhook_id: Uuid) -> Result<WebhookSecret> {
@@ -26,14 +30,27 @@ pub(crate) struct Target {
     pub(crate) send: Option<Arc<Sendable>>,
 }
 
-/// A webhook's sending details (secrets opened).
-pub(crate) struct Sendable {
-    pub(crate) webhook_id: Uuid,
-    pub(crate) url: String,
-    pub(crate) format: Format,
-    pub(crate) secret: WebhookSecret,
-    pub(crate) previous_secret: Option<WebhookSecret>,
-    pub(crate) headers: Headers,
+/// A webhook's sending details, prepared once and shared by its deliveries: the URL parsed
+/// and the secrets opened and keyed for signing.
+pub struct Sendable {
+    pub webhook_id: Uuid,
+    /// The parsed URL, or why the stored one does not parse.
+    pub url: std::result::Result<Url, String>,
+    pub format: Format,
+    /// Signs with the secret, and with the previous one while its grace period lasts.
+    pub signer: Signer,
+    pub headers: Headers,
+}
+
+impl std::fmt::Debug for Sendable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The signer holds the secrets: left out.
+        f.debug_struct("Sendable")
+            .field("webhook_id", &self.webhook_id)
+            .field("url", &self.url.as_ref().map(Url::as_str))
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sendable {
@@ -51,36 +68,57 @@ impl Sendable {
         headers: &str,
     ) -> Result<Self> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("webhook {what}"));
-        let previous_secret = match previous {
+        let previous_secret: Option<WebhookSecret> = match previous {
             Some((sealed, until)) if until > now => Some(open_secret(cipher, &sealed, webhook_id)?),
             _ => None,
         };
+        let secret = open_secret(cipher, sealed, webhook_id)?;
         Ok(Sendable {
             webhook_id,
-            url,
+            url: Url::parse(&url).map_err(|e| format!("invalid URL: {e}")),
             format: Format::parse(format).map_err(|_| corrupt("format"))?,
-            secret: open_secret(cipher, sealed, webhook_id)?,
-            previous_secret,
+            signer: Signer::new(&secret, previous_secret.as_ref()),
             headers: serde_json::from_str::<Headers>(headers).map_err(|_| corrupt("headers"))?,
         })
     }
+}
 
-    /// A new delivery of `e` to this webhook, as a claim would have returned it.
-    pub(crate) fn delivery(&self, id: Uuid, e: &NewEvent, lease_until: Timestamp) -> ClaimedDelivery {
-        ClaimedDelivery {
-            id,
-            webhook_id: self.webhook_id,
-            event_id: e.id,
-            event_type: e.event_type.clone(),
-            event_data: e.data.clone(),
-            event_created_at: e.created_at,
-            attempts: 0,
-            url: self.url.clone(),
-            format: self.format,
-            secret: self.secret.clone(),
-            previous_secret: self.previous_secret.clone(),
-            headers: self.headers.clone(),
-            lease_until,
+/// The deliveries a publish hands over: one shared [`OutboundEvent`] per event, made on its
+/// first delivery.
+#[derive(Default)]
+pub(crate) struct Handing(HashMap<Uuid, Arc<OutboundEvent>>);
+
+impl Handing {
+    /// A new delivery of `e` to `webhook`, as a claim would have returned it.
+    pub(crate) fn delivery(
+        &mut self,
+        id: Uuid,
+        e: &NewEvent,
+        webhook: &Arc<Sendable>,
+        lease_until: Timestamp,
+    ) -> ClaimedDelivery {
+        let event = self
+            .0
+            .entry(e.id)
+            .or_insert_with(|| Arc::new(OutboundEvent::new(e.id, e.event_type.clone(), e.data.clone(), e.created_at)))
+            .clone();
+        ClaimedDelivery { id, attempts: 0, lease_until, event, webhook: webhook.clone() }
+    }
+}
+
+/// The webhooks of one claim's deliveries, each prepared once (secrets opened, signer keyed)
+/// however many of its deliveries the claim holds.
+#[derive(Default)]
+pub(crate) struct Claiming(HashMap<Uuid, Arc<Sendable>>);
+
+impl Claiming {
+    /// The webhook `id`, prepared by `make` on its first delivery.
+    pub(crate) fn webhook(&mut self, id: Uuid, make: impl FnOnce() -> Result<Sendable>) -> Result<Arc<Sendable>> {
+        if let Some(send) = self.0.get(&id) {
+            return Ok(send.clone());
         }
+        let send = Arc::new(make()?);
+        self.0.insert(id, send.clone());
+        Ok(send)
     }
 }

@@ -18,6 +18,7 @@ macro_rules! shared_store {
             api_key::Scope,
             delivery::{DeliveryStatus, Outcome},
             event_type,
+            payload::OutboundEvent,
             time::Timestamp,
             webhook::{Format, Status, WebhookSecret},
         };
@@ -26,7 +27,7 @@ macro_rules! shared_store {
             DisablePolicy, NewEvent, NextStep, PublishedEvent, Result, Store, StoreError, UpdateResult, Webhook, WebhookUpdate,
         };
 
-        use crate::store::sending::{open_secret, Sendable, Target};
+        use crate::store::sending::{open_secret, Claiming, Handing, Sendable, Target};
 
         type Row = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
@@ -119,22 +120,25 @@ macro_rules! shared_store {
             })
         }
 
-        fn claimed_from_row(row: &Row, cipher: &Cipher, now: Timestamp, lease_until: Timestamp) -> Result<ClaimedDelivery> {
-            let send = sendable_from_row(row, "webhook_id", cipher, now)?;
+        fn claimed_from_row(
+            row: &Row,
+            cipher: &Cipher,
+            now: Timestamp,
+            lease_until: Timestamp,
+            webhooks: &mut Claiming,
+        ) -> Result<ClaimedDelivery> {
+            let webhook = webhooks.webhook(row.try_get("webhook_id")?, || sendable_from_row(row, "webhook_id", cipher, now))?;
             Ok(ClaimedDelivery {
                 id: row.try_get("id")?,
-                webhook_id: send.webhook_id,
-                event_id: row.try_get("event_id")?,
-                event_type: row.try_get("event_type")?,
-                event_data: row.try_get("data")?,
-                event_created_at: ts(row, "event_created_at")?,
                 attempts: count(row, "attempts")?,
-                url: send.url,
-                format: send.format,
-                secret: send.secret,
-                previous_secret: send.previous_secret,
-                headers: send.headers,
                 lease_until,
+                event: Arc::new(OutboundEvent::new(
+                    row.try_get("event_id")?,
+                    row.try_get("event_type")?,
+                    row.try_get("data")?,
+                    ts(row, "event_created_at")?,
+                )),
+                webhook,
             })
         }
 
@@ -343,6 +347,7 @@ macro_rules! shared_store {
                 // frees the slots.
                 let now = Timestamp::now();
                 let mut handed: Vec<crate::store::handoff::HandedOff> = Vec::new();
+                let mut handing = Handing::default();
                 let mut left_behind: std::collections::HashSet<Uuid> = Default::default();
                 let rows: Vec<(Uuid, &Target, &NewEvent, Option<Timestamp>)> = deliveries
                     .iter()
@@ -355,7 +360,7 @@ macro_rules! shared_store {
                         let lease = match slot {
                             Some((h, send, slot)) => {
                                 let until = now.plus(h.lease);
-                                handed.push((send.delivery(id, e, until), slot));
+                                handed.push((handing.delivery(id, e, send, until), slot));
                                 Some(until)
                             }
                             None => {
@@ -899,7 +904,8 @@ macro_rules! shared_store {
                 }
                 let rows = query.fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now, r.lease_until)).collect()
+                let mut webhooks = Claiming::default();
+                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now, r.lease_until, &mut webhooks)).collect()
             }
 
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {

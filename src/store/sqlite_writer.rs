@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use super::handoff::{HandedOff, Handoff};
-use super::sending::{Sendable, Target};
+use super::sending::{Claiming, Handing, Sendable, Target};
 use super::writer::{answer, Job, ROUND};
 use super::{
     disable_reason, AttemptRecord, Cipher, ClaimRequest, ClaimedDelivery, DisablePolicy, NewEvent, NextStep,
@@ -31,6 +31,7 @@ use super::{
 use crate::domain::{
     delivery::{DeliveryStatus, Outcome},
     event_type,
+    payload::OutboundEvent,
     time::Timestamp,
 };
 
@@ -222,6 +223,7 @@ fn publish(c: &Connection, shared: &Shared, events: &[NewEvent], window: Duratio
     let now = Timestamp::now();
     let token = handoff.as_ref().map(|h| h.token);
     let mut handed: Vec<HandedOff> = Vec::new();
+    let mut handing = Handing::default();
     let mut left_behind: HashSet<Uuid> = HashSet::new();
     let mut insert_delivery = c.prepare_cached(
         "INSERT INTO deliveries (id, webhook_id, org_id, event_id, event_type, status, next_attempt_at, created_at, updated_at, lease_until, lease_token)
@@ -236,7 +238,7 @@ fn publish(c: &Connection, shared: &Shared, events: &[NewEvent], window: Duratio
         let lease = match slot {
             Some((h, send, slot)) => {
                 let until = now.plus(h.lease);
-                handed.push((send.delivery(id, e, until), slot));
+                handed.push((handing.delivery(id, e, send, until), slot));
                 Some(until)
             }
             None => {
@@ -466,37 +468,31 @@ fn claim(c: &Connection, cipher: &Cipher, r: &ClaimRequest) -> Result<Vec<Claime
          WHERE d.id = ?1",
     )?;
     let mut out = Vec::with_capacity(ids.len());
+    let mut webhooks = Claiming::default();
     for id in ids {
         let mut rows = select.query(params![id])?;
         let Some(row) = rows.next()? else { continue };
-        let webhook_id: Uuid = row.get(1)?;
-        let previous: Option<String> = row.get(10)?;
-        let until: Option<i64> = row.get(11)?;
-        let send = Sendable::from_stored(
-            cipher,
-            r.now,
-            webhook_id,
-            row.get(7)?,
-            &row.get::<_, String>(8)?,
-            &row.get::<_, String>(9)?,
-            previous.zip(until.map(Timestamp)),
-            &row.get::<_, String>(12)?,
-        )?;
+        let webhook = webhooks.webhook(row.get(1)?, || {
+            let previous: Option<String> = row.get(10)?;
+            let until: Option<i64> = row.get(11)?;
+            Sendable::from_stored(
+                cipher,
+                r.now,
+                row.get(1)?,
+                row.get(7)?,
+                &row.get::<_, String>(8)?,
+                &row.get::<_, String>(9)?,
+                previous.zip(until.map(Timestamp)),
+                &row.get::<_, String>(12)?,
+            )
+        })?;
         out.push(ClaimedDelivery {
             id: row.get(0)?,
-            webhook_id,
-            event_id: row.get(2)?,
-            event_type: row.get(3)?,
-            event_data: row.get(5)?,
-            event_created_at: Timestamp(row.get(6)?),
             attempts: u32::try_from(row.get::<_, i64>(4)?)
                 .map_err(|_| StoreError::Corrupt("delivery attempts".into()))?,
-            url: send.url,
-            format: send.format,
-            secret: send.secret,
-            previous_secret: send.previous_secret,
-            headers: send.headers,
             lease_until: r.lease_until,
+            event: Arc::new(OutboundEvent::new(row.get(2)?, row.get(3)?, row.get(5)?, Timestamp(row.get(6)?))),
+            webhook,
         });
     }
     Ok(out)
