@@ -141,26 +141,36 @@ impl SqliteStore {
 
     /// `$1` now, `$2` per-webhook limit, `$3` batch, `$4` lease end, `$5` token, `$6` how
     /// many due deliveries to read per webhook. Each active webhook contributes at most `$6`
-    /// of its oldest due deliveries (read from the `deliveries_queue` index), so a claim costs
-    /// O(active webhooks + batch) whatever the backlog; they are then ranked per webhook so
-    /// that, with those already leased, no webhook passes its limit, and the oldest go first.
-    /// `CROSS JOIN` keeps webhooks the outer loop and `INDEXED BY` pins the indexes: without
-    /// statistics SQLite's planner would otherwise scan every delivery.
+    /// of its oldest due deliveries (read from the `deliveries_queue` index, which holds no
+    /// leased delivery) and at most `$6` whose lease expired (from `deliveries_leased`), so a
+    /// claim costs O(active webhooks + batch) whatever the backlog and however many attempts
+    /// are in flight; they are then ranked per webhook so that, with those in flight (an
+    /// index-only count: only open deliveries hold leases), no webhook passes its limit, and
+    /// the oldest go first. `CROSS JOIN` keeps webhooks the outer loop and `INDEXED BY` pins
+    /// the indexes: without statistics SQLite's planner would otherwise scan every delivery.
     #[doc(hidden)] // public for the test that checks its plan
     pub const CLAIM_SQL: &'static str = "
         UPDATE deliveries SET lease_until = $4, lease_token = $5
         WHERE id IN (
             WITH inflight AS (
                 SELECT webhook_id, COUNT(*) AS n FROM deliveries INDEXED BY deliveries_leased
-                WHERE lease_until > $1 AND status IN ('pending', 'retrying') GROUP BY webhook_id
+                WHERE lease_until > $1 GROUP BY webhook_id
             ),
             due AS (
                 SELECT d.id, d.webhook_id, d.next_attempt_at FROM webhooks w CROSS JOIN deliveries d
                 WHERE w.status = 'active' AND d.id IN (
                     SELECT q.id FROM deliveries q INDEXED BY deliveries_queue
-                    WHERE q.webhook_id = w.id AND q.status IN ('pending', 'retrying') AND q.next_attempt_at <= $1
-                      AND (q.lease_until IS NULL OR q.lease_until <= $1)
+                    WHERE q.webhook_id = w.id AND q.status IN ('pending', 'retrying') AND q.lease_until IS NULL
+                      AND q.next_attempt_at <= $1
                     ORDER BY q.next_attempt_at LIMIT $6
+                )
+                UNION ALL
+                SELECT d.id, d.webhook_id, d.next_attempt_at FROM webhooks w CROSS JOIN deliveries d
+                WHERE w.status = 'active' AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1
+                  AND d.id IN (
+                    SELECT x.id FROM deliveries x INDEXED BY deliveries_leased
+                    WHERE x.webhook_id = w.id AND x.lease_until <= $1
+                    ORDER BY x.lease_until LIMIT $6
                 )
             ),
             ranked AS (
