@@ -45,7 +45,7 @@ pub enum RunError {
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
     #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] net::ClientError),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
 }

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http_body_util::Full;
 
 use crate::domain::{address::AllowList, delivery::Outcome, retry::parse_retry_after, time::Timestamp};
 use crate::net::{self, ErrorKind};
@@ -28,17 +29,22 @@ pub struct AttemptResult {
 /// Sends deliveries. Cheap to clone: the client's connection pools are shared.
 #[derive(Clone)]
 pub struct Dispatcher {
-    client: reqwest::Client,
+    client: net::HttpClient,
     allow: AllowList,
     timeout: Duration,
+    user_agent: HeaderValue,
 }
 
 impl Dispatcher {
     /// `connections`: the most exchanges in flight at once, which is also how many
     /// keep-alive connections per receiver host are kept open.
-    pub fn new(allow: AllowList, timeout: Duration, connections: usize) -> reqwest::Result<Self> {
-        let user_agent = format!("Mosend-Webhooks/{}", env!("CARGO_PKG_VERSION"));
-        Ok(Self { client: net::build_client(&allow, timeout, &user_agent, connections)?, allow, timeout })
+    pub fn new(allow: AllowList, timeout: Duration, connections: usize) -> Result<Self, net::ClientError> {
+        Ok(Self {
+            client: net::build_client(&allow, timeout, connections)?,
+            allow,
+            timeout,
+            user_agent: HeaderValue::from_static(concat!("Mosend-Webhooks/", env!("CARGO_PKG_VERSION"))),
+        })
     }
 
     /// The longest an attempt takes.
@@ -95,19 +101,25 @@ impl Dispatcher {
 
     async fn exchange(&self, d: &ClaimedDelivery, attempted_at: Timestamp) -> Result<Answer, (Outcome, String)> {
         let webhook = &d.webhook;
-        let url = webhook.url.as_ref().map_err(|e| (Outcome::Protocol, e.clone()))?;
-        net::check_target(url, &self.allow).map_err(|b| (Outcome::Blocked, b.to_string()))?;
+        let endpoint = webhook.url.as_ref().map_err(|e| (Outcome::Protocol, e.clone()))?;
+        net::check_target(&endpoint.url, &self.allow).map_err(|b| (Outcome::Blocked, b.to_string()))?;
         // Rendered once per event and format, shared by the event's deliveries.
         let body = d.event.body(webhook.format).map_err(|e| (Outcome::Protocol, e.to_string()))?.clone();
-        let headers = self.headers(d, attempted_at, &body);
-        let response = self.client.post(url.clone()).headers(headers).body(body).send().await.map_err(classify)?;
+        let mut request = http::Request::new(Full::new(body.clone()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = endpoint.uri.clone();
+        *request.headers_mut() = self.headers(d, attempted_at, &body);
+        let response = self.client.request(request).await.map_err(|e| {
+            let connecting = e.is_connect();
+            classify(&e, connecting)
+        })?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = net::read_capped(response, RESPONSE_BODY_CAP).await.map_err(classify)?;
+        let body = net::read_capped(response.into_body(), RESPONSE_BODY_CAP).await.map_err(|e| classify(&e, false))?;
         Ok(Answer { status, retry_after, body })
     }
 
@@ -136,6 +148,7 @@ impl Dispatcher {
         put("webhook-timestamp", timestamp.to_string());
         put("webhook-signature", standard);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(USER_AGENT, self.user_agent.clone());
         h
     }
 }
@@ -152,8 +165,8 @@ fn storable_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).replace('\0', "\u{fffd}")
 }
 
-fn classify(e: reqwest::Error) -> (Outcome, String) {
-    let (kind, message) = net::describe_error(&e.without_url());
+fn classify(e: &(dyn std::error::Error + 'static), connecting: bool) -> (Outcome, String) {
+    let (kind, message) = net::describe_error(e, connecting);
     let message = storable_text(message.as_bytes());
     let outcome = match kind {
         ErrorKind::Blocked => Outcome::Blocked,

@@ -10,14 +10,28 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{
+    connect::{dns::Name, HttpConnector},
+    Client,
+};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::{Host, Url};
 
 use crate::domain::address::AllowList;
+
+/// The shared client: hyper's pooled HTTP/1.1 client (HTTP/2 when a TLS receiver offers it
+/// by ALPN), over TLS by rustls with the Mozilla roots, connecting through [`GuardedResolver`].
+pub type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
 
 /// The address is forbidden by the SSRF rules (or resolved only to forbidden addresses).
 #[derive(Debug)]
@@ -50,14 +64,25 @@ pub struct GuardedResolver {
     allow: AllowList,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type Resolving = Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, BoxError>> + Send>>;
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let allow = self.allow.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found = tokio::net::lookup_host((host.as_str(), 0))
                 .await
-                .map_err(|e| Box::new(DnsFailure(format!("{host}: {e}"))) as Box<dyn StdError + Send + Sync>)?;
+                .map_err(|e| Box::new(DnsFailure(format!("{host}: {e}"))) as BoxError)?;
             let mut allowed: Vec<SocketAddr> = Vec::new();
             let mut refused = None;
             for addr in found {
@@ -68,9 +93,9 @@ impl Resolve for GuardedResolver {
             }
             if allowed.is_empty() {
                 let why = refused.unwrap_or_else(|| "no address".into());
-                return Err(Box::new(Blocked(format!("{host} resolves to {why}"))) as Box<dyn StdError + Send + Sync>);
+                return Err(Box::new(Blocked(format!("{host} resolves to {why}"))) as BoxError);
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
     }
 }
@@ -87,44 +112,59 @@ pub fn check_target(url: &Url, allow: &AllowList) -> Result<(), Blocked> {
     verdict.map_err(Blocked)
 }
 
-/// The shared client: keep-alive connection pools per receiver, no redirects, no proxies.
-/// `max_idle_per_host` should be the most exchanges that can run at once: a smaller pool
-/// closes connections that the next attempts to the same host then open again.
-pub fn build_client(
-    allow: &AllowList,
-    timeout: Duration,
-    user_agent: &str,
-    max_idle_per_host: usize,
-) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .dns_resolver(Arc::new(GuardedResolver { allow: allow.clone() }))
-        .connect_timeout(timeout)
+/// The TLS set-up could not be built (no usable protocol version in the crypto provider).
+#[derive(Debug, thiserror::Error)]
+#[error("TLS configuration: {0}")]
+pub struct ClientError(#[from] rustls::Error);
+
+/// The shared client: keep-alive connection pools per receiver, no redirects (hyper follows
+/// none), no proxies (it knows none). `max_idle_per_host` should be the most exchanges that
+/// can run at once: a smaller pool closes connections that the next attempts to the same host
+/// then open again.
+pub fn build_client(allow: &AllowList, timeout: Duration, max_idle_per_host: usize) -> Result<HttpClient, ClientError> {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow: allow.clone() });
+    http.enforce_http(false); // https URLs pass through to the TLS layer
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeout));
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(max_idle_per_host)
-        .tcp_nodelay(true)
-        .user_agent(user_agent)
-        .build()
+        .build(https))
 }
 
 /// Reads at most `cap` bytes of a response body and drops the rest unread.
-pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> reqwest::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while body.len() < cap {
-        match response.chunk().await? {
-            Some(chunk) => {
-                let room = cap - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+pub async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> Result<Vec<u8>, hyper::Error> {
+    let mut read = Vec::new();
+    while read.len() < cap {
+        match body.frame().await.transpose()? {
+            Some(frame) => {
+                if let Ok(chunk) = frame.into_data() {
+                    let room = cap - read.len();
+                    read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
             }
             None => break,
         }
     }
-    Ok(body)
+    Ok(read)
 }
 
-/// The kind of failure a client error stands for, and a message for a person.
-pub fn describe_error(e: &reqwest::Error) -> (ErrorKind, String) {
+/// The kind of failure an exchange error stands for, and a message for a person.
+/// `connecting`: the error came from opening the connection (resolving, TCP, TLS).
+pub fn describe_error(e: &(dyn StdError + 'static), connecting: bool) -> (ErrorKind, String) {
     let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     let mut parts = Vec::new();
     let mut kind = None;
@@ -139,22 +179,21 @@ pub fn describe_error(e: &reqwest::Error) -> (ErrorKind, String) {
             parts.push(d.to_string());
             break;
         }
+        let timed_out =
+            err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                || err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+        if timed_out {
+            kind.get_or_insert(ErrorKind::Timeout);
+        }
         let text = err.to_string();
         if !parts.iter().any(|p: &String| p.contains(&text)) {
             parts.push(text);
         }
         source = err.source();
     }
-    let kind = kind.unwrap_or(if e.is_timeout() {
-        ErrorKind::Timeout
-    } else if e.is_connect() {
-        ErrorKind::Connect
-    } else {
-        ErrorKind::Protocol
-    });
+    let kind = kind.unwrap_or(if connecting { ErrorKind::Connect } else { ErrorKind::Protocol });
     (kind, parts.join(": "))
 }
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     Blocked,

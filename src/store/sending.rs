@@ -30,12 +30,27 @@ pub(crate) struct Target {
     pub(crate) send: Option<Arc<Sendable>>,
 }
 
+/// A webhook's URL, parsed for the SSRF check and for the HTTP client.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: Url,
+    pub uri: http::Uri,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> std::result::Result<Self, String> {
+        let url = Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+        let uri = url.as_str().parse().map_err(|e| format!("invalid URL: {e}"))?;
+        Ok(Endpoint { url, uri })
+    }
+}
+
 /// A webhook's sending details, prepared once and shared by its deliveries: the URL parsed
 /// and the secrets opened and keyed for signing.
 pub struct Sendable {
     pub webhook_id: Uuid,
     /// The parsed URL, or why the stored one does not parse.
-    pub url: std::result::Result<Url, String>,
+    pub url: std::result::Result<Endpoint, String>,
     pub format: Format,
     /// Signs with the secret, and with the previous one while its grace period lasts.
     pub signer: Signer,
@@ -47,7 +62,7 @@ impl std::fmt::Debug for Sendable {
         // The signer holds the secrets: left out.
         f.debug_struct("Sendable")
             .field("webhook_id", &self.webhook_id)
-            .field("url", &self.url.as_ref().map(Url::as_str))
+            .field("url", &self.url.as_ref().map(|e| e.url.as_str()))
             .field("format", &self.format)
             .finish_non_exhaustive()
     }
@@ -75,7 +90,7 @@ impl Sendable {
         let secret = open_secret(cipher, sealed, webhook_id)?;
         Ok(Sendable {
             webhook_id,
-            url: Url::parse(&url).map_err(|e| format!("invalid URL: {e}")),
+            url: Endpoint::parse(&url),
             format: Format::parse(format).map_err(|_| corrupt("format"))?,
             signer: Signer::new(&secret, previous_secret.as_ref()),
             headers: serde_json::from_str::<Headers>(headers).map_err(|_| corrupt("headers"))?,
