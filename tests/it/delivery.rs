@@ -450,6 +450,51 @@ async fn a_refused_connection_is_recorded_and_retried(backend: Backend) {
 
 both!(a_refused_connection_is_recorded_and_retried);
 
+async fn an_https_receiver_is_reached_over_tls_and_an_untrusted_certificate_is_refused(backend: Backend) {
+    use std::sync::{atomic::AtomicUsize, atomic::Ordering::SeqCst, Arc};
+    let app = spawn_app_with(backend, |s| s.retry_schedule = Some("1h".into())).await;
+    let org = Uuid::now_v7();
+    let key = app.org_key(org).await;
+    // A TLS receiver whose certificate no public authority signed.
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let private = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], private.into())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handshakes, completed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, c) = (handshakes.clone(), completed.clone());
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (acceptor, h, c) = (acceptor.clone(), h.clone(), c.clone());
+            tokio::spawn(async move {
+                // Peek at the first byte: 0x16 opens a TLS handshake record.
+                let mut first = [0u8; 1];
+                if sock.peek(&mut first).await.is_ok() && first[0] == 0x16 {
+                    h.fetch_add(1, SeqCst);
+                }
+                if acceptor.accept(sock).await.is_ok() {
+                    c.fetch_add(1, SeqCst);
+                }
+            });
+        }
+    });
+    let hook = app.create_webhook(&key, org, &format!("https://{addr}/hook"), &["*"]).await;
+    app.publish(org, "email.sent", json!({})).await;
+    let list = app.wait_deliveries(&key, org, id(&hook), 1, |d| d["status"] == "retrying").await;
+    let err = list[0]["lastError"].as_str().unwrap();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(handshakes.load(SeqCst) >= 1, "the client spoke TLS to the https URL");
+    assert_eq!(completed.load(SeqCst), 0, "no handshake completed with an untrusted certificate");
+}
+
+both!(an_https_receiver_is_reached_over_tls_and_an_untrusted_certificate_is_refused);
+
 async fn a_name_resolving_to_a_forbidden_address_is_blocked_at_connect_time(backend: Backend) {
     // Only ::1 is allowed: `localhost` is accepted at create time, but it resolves to
     // 127.0.0.1 too; a receiver on 127.0.0.1 only must not be reached.
