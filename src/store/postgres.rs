@@ -106,7 +106,7 @@ impl PostgresStore {
         )
         UPDATE deliveries SET lease_until = $4, lease_token = $5
         FROM locked WHERE deliveries.id = locked.id
-        RETURNING deliveries.id";
+        RETURNING deliveries.id, deliveries.webhook_id, deliveries.event_id, deliveries.event_type, deliveries.attempts";
 }
 
 super::sql::shared_store!(PostgresStore, sqlx::Postgres);

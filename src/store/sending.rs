@@ -121,19 +121,58 @@ impl Handing {
     }
 }
 
-/// The webhooks of one claim's deliveries, each prepared once (secrets opened, signer keyed)
-/// however many of its deliveries the claim holds.
-#[derive(Default)]
-pub(crate) struct Claiming(HashMap<Uuid, Arc<Sendable>>);
+/// A delivery a claim leased, as its `RETURNING` clause gives it, before its event and its
+/// webhook are read (once each per claim, however many of its deliveries the claim holds).
+pub(crate) struct ClaimedRow {
+    pub(crate) id: Uuid,
+    pub(crate) webhook_id: Uuid,
+    pub(crate) event_id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) attempts: i64,
+}
 
-impl Claiming {
-    /// The webhook `id`, prepared by `make` on its first delivery.
-    pub(crate) fn webhook(&mut self, id: Uuid, make: impl FnOnce() -> Result<Sendable>) -> Result<Arc<Sendable>> {
-        if let Some(send) = self.0.get(&id) {
-            return Ok(send.clone());
+impl ClaimedRow {
+    /// The event ids and the webhook ids of `rows`, each once.
+    pub(crate) fn distinct(rows: &[ClaimedRow]) -> (Vec<Uuid>, Vec<Uuid>) {
+        let mut events: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        let mut webhooks: Vec<Uuid> = rows.iter().map(|r| r.webhook_id).collect();
+        for ids in [&mut events, &mut webhooks] {
+            ids.sort_unstable();
+            ids.dedup();
         }
-        let send = Arc::new(make()?);
-        self.0.insert(id, send.clone());
-        Ok(send)
+        (events, webhooks)
+    }
+
+    /// The claimed deliveries, given their events' `(data, created_at)` and their webhooks
+    /// by id; a delivery whose event or webhook is gone is left to its lease.
+    pub(crate) fn assemble(
+        rows: Vec<ClaimedRow>,
+        events: &HashMap<Uuid, (String, Timestamp)>,
+        webhooks: &HashMap<Uuid, Arc<Sendable>>,
+        lease_until: Timestamp,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let mut shared: HashMap<Uuid, Arc<OutboundEvent>> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (Some((data, created_at)), Some(webhook)) = (events.get(&row.event_id), webhooks.get(&row.webhook_id))
+            else {
+                continue;
+            };
+            // The type is the delivery's own column; an event's deliveries all carry its type.
+            let event = shared
+                .entry(row.event_id)
+                .or_insert_with(|| {
+                    Arc::new(OutboundEvent::new(row.event_id, row.event_type, data.clone(), *created_at))
+                })
+                .clone();
+            out.push(ClaimedDelivery {
+                id: row.id,
+                attempts: u32::try_from(row.attempts).map_err(|_| StoreError::Corrupt("delivery attempts".into()))?,
+                lease_until,
+                event,
+                webhook: webhook.clone(),
+            });
+        }
+        Ok(out)
     }
 }

@@ -18,7 +18,6 @@ macro_rules! shared_store {
             api_key::Scope,
             delivery::{DeliveryStatus, Outcome},
             event_type,
-            payload::OutboundEvent,
             time::Timestamp,
             webhook::{Format, Status, WebhookSecret},
         };
@@ -27,7 +26,7 @@ macro_rules! shared_store {
             DisablePolicy, NewEvent, NextStep, PublishedEvent, Result, Store, StoreError, UpdateResult, Webhook, WebhookUpdate,
         };
 
-        use crate::store::sending::{open_secret, Claiming, Handing, Sendable, Target};
+        use crate::store::sending::{open_secret, ClaimedRow, Handing, Sendable, Target};
 
         type Row = <$db as sqlx::Database>::Row;
         type Conn = <$db as sqlx::Database>::Connection;
@@ -117,28 +116,6 @@ macro_rules! shared_store {
                 name: row.try_get("name")?,
                 created_at: ts(row, "created_at")?,
                 revoked_at: opt_ts(row, "revoked_at")?,
-            })
-        }
-
-        fn claimed_from_row(
-            row: &Row,
-            cipher: &Cipher,
-            now: Timestamp,
-            lease_until: Timestamp,
-            webhooks: &mut Claiming,
-        ) -> Result<ClaimedDelivery> {
-            let webhook = webhooks.webhook(row.try_get("webhook_id")?, || sendable_from_row(row, "webhook_id", cipher, now))?;
-            Ok(ClaimedDelivery {
-                id: row.try_get("id")?,
-                attempts: count(row, "attempts")?,
-                lease_until,
-                event: Arc::new(OutboundEvent::new(
-                    row.try_get("event_id")?,
-                    row.try_get("event_type")?,
-                    row.try_get("data")?,
-                    ts(row, "event_created_at")?,
-                )),
-                webhook,
             })
         }
 
@@ -879,7 +856,7 @@ macro_rules! shared_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 let per_probe = ((2 * i64::from(r.batch) + active - 1) / active.max(1)).clamp(1, i64::from(r.per_webhook));
-                let ids: Vec<Uuid> = sqlx::query_scalar(Self::CLAIM_SQL)
+                let rows = sqlx::query(Self::CLAIM_SQL)
                     .bind(r.now.0)
                     .bind(i64::from(r.per_webhook))
                     .bind(i64::from(r.batch))
@@ -888,24 +865,48 @@ macro_rules! shared_store {
                     .bind(per_probe)
                     .fetch_all(&mut *tx)
                     .await?;
-                if ids.is_empty() {
+                if rows.is_empty() {
                     return Ok(Vec::new());
                 }
-                let sql = format!(
-                    "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, e.data, e.created_at AS event_created_at,
-                            w.url, w.format, w.secret, w.previous_secret, w.previous_secret_expires_at, w.headers
-                     FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
-                     WHERE d.id IN {}",
-                    placeholders(1, ids.len())
-                );
+                let rows = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(ClaimedRow {
+                            id: row.try_get("id")?,
+                            webhook_id: row.try_get("webhook_id")?,
+                            event_id: row.try_get("event_id")?,
+                            event_type: row.try_get("event_type")?,
+                            attempts: row.try_get("attempts")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                // Each event and each webhook read once, however many of its deliveries the
+                // claim holds.
+                let (event_ids, webhook_ids) = ClaimedRow::distinct(&rows);
+                let sql = format!("SELECT id, data, created_at FROM events WHERE id IN {}", placeholders(1, event_ids.len()));
                 let mut query = sqlx::query(&sql);
-                for id in &ids {
+                for id in &event_ids {
                     query = query.bind(id);
                 }
-                let rows = query.fetch_all(&mut *tx).await?;
+                let mut events = std::collections::HashMap::new();
+                for row in query.fetch_all(&mut *tx).await? {
+                    events.insert(row.try_get::<Uuid, _>("id")?, (row.try_get::<String, _>("data")?, ts(&row, "created_at")?));
+                }
+                let sql = format!(
+                    "SELECT id, url, format, secret, previous_secret, previous_secret_expires_at, headers FROM webhooks WHERE id IN {}",
+                    placeholders(1, webhook_ids.len())
+                );
+                let mut query = sqlx::query(&sql);
+                for id in &webhook_ids {
+                    query = query.bind(id);
+                }
+                let mut webhooks = std::collections::HashMap::new();
+                for row in query.fetch_all(&mut *tx).await? {
+                    let send = sendable_from_row(&row, "id", &self.cipher, r.now)?;
+                    webhooks.insert(send.webhook_id, Arc::new(send));
+                }
                 tx.commit().await?;
-                let mut webhooks = Claiming::default();
-                rows.iter().map(|row| claimed_from_row(row, &self.cipher, r.now, r.lease_until, &mut webhooks)).collect()
+                ClaimedRow::assemble(rows, &events, &webhooks, r.lease_until)
             }
 
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {

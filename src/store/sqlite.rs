@@ -182,7 +182,7 @@ impl SqliteStore {
             WHERE r.rn + COALESCE(i.n, 0) <= $2
             ORDER BY r.next_attempt_at, r.id LIMIT $3
         )
-        RETURNING id";
+        RETURNING id, webhook_id, event_id, event_type, attempts";
 }
 
 super::sql::shared_store!(SqliteStore, sqlx::Sqlite);

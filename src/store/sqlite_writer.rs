@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use super::handoff::{HandedOff, Handoff};
-use super::sending::{Claiming, Handing, Sendable, Target};
+use super::sending::{ClaimedRow, Handing, Sendable, Target};
 use super::writer::{answer, Job, ROUND};
 use super::{
     disable_reason, AttemptRecord, Cipher, ClaimRequest, ClaimedDelivery, DisablePolicy, NewEvent, NextStep,
@@ -31,7 +31,6 @@ use super::{
 use crate::domain::{
     delivery::{DeliveryStatus, Outcome},
     event_type,
-    payload::OutboundEvent,
     time::Timestamp,
 };
 
@@ -447,7 +446,7 @@ fn claim(c: &Connection, cipher: &Cipher, r: &ClaimRequest) -> Result<Vec<Claime
     let active: i64 =
         c.prepare_cached("SELECT COUNT(*) FROM webhooks WHERE status = 'active'")?.query_row([], |row| row.get(0))?;
     let per_probe = ((2 * i64::from(r.batch) + active - 1) / active.max(1)).clamp(1, i64::from(r.per_webhook));
-    let ids: Vec<Uuid> = c
+    let rows: Vec<ClaimedRow> = c
         .prepare_cached(super::SqliteStore::CLAIM_SQL)?
         .query_map(
             named_params! {
@@ -458,44 +457,53 @@ fn claim(c: &Connection, cipher: &Cipher, r: &ClaimRequest) -> Result<Vec<Claime
                 "$5": r.token,
                 "$6": per_probe,
             },
-            |row| row.get(0),
+            |row| {
+                Ok(ClaimedRow {
+                    id: row.get(0)?,
+                    webhook_id: row.get(1)?,
+                    event_id: row.get(2)?,
+                    event_type: row.get(3)?,
+                    attempts: row.get(4)?,
+                })
+            },
         )?
         .collect::<rusqlite::Result<_>>()?;
-    let mut select = c.prepare_cached(
-        "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.attempts, e.data, e.created_at,
-                w.url, w.format, w.secret, w.previous_secret, w.previous_secret_expires_at, w.headers
-         FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
-         WHERE d.id = ?1",
-    )?;
-    let mut out = Vec::with_capacity(ids.len());
-    let mut webhooks = Claiming::default();
-    for id in ids {
-        let mut rows = select.query(params![id])?;
-        let Some(row) = rows.next()? else { continue };
-        let webhook = webhooks.webhook(row.get(1)?, || {
-            let previous: Option<String> = row.get(10)?;
-            let until: Option<i64> = row.get(11)?;
-            Sendable::from_stored(
-                cipher,
-                r.now,
-                row.get(1)?,
-                row.get(7)?,
-                &row.get::<_, String>(8)?,
-                &row.get::<_, String>(9)?,
-                previous.zip(until.map(Timestamp)),
-                &row.get::<_, String>(12)?,
-            )
-        })?;
-        out.push(ClaimedDelivery {
-            id: row.get(0)?,
-            attempts: u32::try_from(row.get::<_, i64>(4)?)
-                .map_err(|_| StoreError::Corrupt("delivery attempts".into()))?,
-            lease_until: r.lease_until,
-            event: Arc::new(OutboundEvent::new(row.get(2)?, row.get(3)?, row.get(5)?, Timestamp(row.get(6)?))),
-            webhook,
-        });
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    // Each event and each webhook read once, however many of its deliveries the claim holds.
+    let (event_ids, webhook_ids) = ClaimedRow::distinct(&rows);
+    let mut events = HashMap::with_capacity(event_ids.len());
+    let mut event = c.prepare_cached("SELECT data, created_at FROM events WHERE id = ?1")?;
+    for id in event_ids {
+        let found =
+            event.query_row(params![id], |row| Ok((row.get::<_, String>(0)?, Timestamp(row.get(1)?)))).optional()?;
+        if let Some(found) = found {
+            events.insert(id, found);
+        }
+    }
+    let mut webhooks = HashMap::with_capacity(webhook_ids.len());
+    let mut webhook = c.prepare_cached(
+        "SELECT url, format, secret, previous_secret, previous_secret_expires_at, headers FROM webhooks WHERE id = ?1",
+    )?;
+    for id in webhook_ids {
+        let mut found = webhook.query(params![id])?;
+        let Some(row) = found.next()? else { continue };
+        let previous: Option<String> = row.get(3)?;
+        let until: Option<i64> = row.get(4)?;
+        let send = Sendable::from_stored(
+            cipher,
+            r.now,
+            id,
+            row.get(0)?,
+            &row.get::<_, String>(1)?,
+            &row.get::<_, String>(2)?,
+            previous.zip(until.map(Timestamp)),
+            &row.get::<_, String>(5)?,
+        )?;
+        webhooks.insert(id, Arc::new(send));
+    }
+    ClaimedRow::assemble(rows, &events, &webhooks, r.lease_until)
 }
 
 #[cfg(test)]
