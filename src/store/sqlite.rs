@@ -151,36 +151,36 @@ impl SqliteStore {
     #[doc(hidden)] // public for the test that checks its plan
     pub const CLAIM_SQL: &'static str = "
         UPDATE deliveries SET lease_until = $4, lease_token = $5
-        WHERE id IN (
+        WHERE rowid IN (
             WITH inflight AS (
                 SELECT webhook_id, COUNT(*) AS n FROM deliveries INDEXED BY deliveries_leased
                 WHERE lease_until > $1 GROUP BY webhook_id
             ),
             due AS (
-                SELECT d.id, d.webhook_id, d.next_attempt_at FROM webhooks w CROSS JOIN deliveries d
-                WHERE w.status = 'active' AND d.id IN (
-                    SELECT q.id FROM deliveries q INDEXED BY deliveries_queue
+                SELECT d.rowid AS rid, d.webhook_id, d.next_attempt_at FROM webhooks w CROSS JOIN deliveries d
+                WHERE w.status = 'active' AND d.rowid IN (
+                    SELECT q.rowid FROM deliveries q INDEXED BY deliveries_queue
                     WHERE q.webhook_id = w.id AND q.status IN ('pending', 'retrying') AND q.lease_until IS NULL
                       AND q.next_attempt_at <= $1
                     ORDER BY q.next_attempt_at LIMIT $6
                 )
                 UNION ALL
-                SELECT d.id, d.webhook_id, d.next_attempt_at FROM webhooks w CROSS JOIN deliveries d
+                SELECT d.rowid AS rid, d.webhook_id, d.next_attempt_at FROM webhooks w CROSS JOIN deliveries d
                 WHERE w.status = 'active' AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1
-                  AND d.id IN (
-                    SELECT x.id FROM deliveries x INDEXED BY deliveries_leased
+                  AND d.rowid IN (
+                    SELECT x.rowid FROM deliveries x INDEXED BY deliveries_leased
                     WHERE x.webhook_id = w.id AND x.lease_until <= $1
                     ORDER BY x.lease_until LIMIT $6
                 )
             ),
             ranked AS (
-                SELECT id, webhook_id, next_attempt_at,
-                       ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn
+                SELECT rid, webhook_id, next_attempt_at,
+                       ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, rid) AS rn
                 FROM due
             )
-            SELECT r.id FROM ranked r LEFT JOIN inflight i ON i.webhook_id = r.webhook_id
+            SELECT r.rid FROM ranked r LEFT JOIN inflight i ON i.webhook_id = r.webhook_id
             WHERE r.rn + COALESCE(i.n, 0) <= $2
-            ORDER BY r.next_attempt_at, r.id LIMIT $3
+            ORDER BY r.next_attempt_at, r.rid LIMIT $3
         )
         RETURNING id, webhook_id, event_id, event_type, attempts";
 }
