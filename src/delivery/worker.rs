@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use super::dispatch::{AttemptResult, Dispatcher};
 use crate::domain::{delivery::Outcome, retry::RetrySchedule, time::Timestamp};
-use crate::store::{AttemptRecord, ClaimRequest, ClaimedDelivery, DisablePolicy, Gate, Handoff, NextStep, Slot, Store};
+use crate::store::{
+    AttemptRecord, ClaimRequest, ClaimedDelivery, DisablePolicy, Gate, HandedOff, Handoff, NextStep, Slot, Store,
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -45,7 +47,9 @@ pub struct WorkerConfig {
     pub retention_interval: Duration,
 }
 
-type Recorded = (AttemptRecord, oneshot::Sender<()>);
+/// A result to record, with the slot of its attempt: the recorder frees the slot once the
+/// result is committed.
+type Recorded = (AttemptRecord, Slot);
 
 /// How long the claim loop waits after a slot frees, to refill several slots with one claim.
 const CLAIM_COALESCE: Duration = Duration::from_millis(2);
@@ -70,7 +74,9 @@ impl Worker {
         let signal = this.store.work_signal();
         let tracker = TaskTracker::new();
         let (to_recorder, rx) = mpsc::unbounded_channel();
-        let recorder = tokio::spawn(record_in_groups(this.store.clone(), this.config.disable, rx));
+        // Deliveries the recorder leased in the same transaction as a group of results.
+        let (claimed_tx, mut claimed_rx) = mpsc::unbounded_channel::<HandedOff>();
+        let recorder = tokio::spawn(record_in_groups(this.clone(), gate.clone(), claimed_tx, rx));
         tracker.spawn(purge_history(
             this.store.clone(),
             this.config.retention,
@@ -83,6 +89,7 @@ impl Worker {
             let (this, tracker, to_recorder, shutdown) =
                 (this.clone(), tracker.clone(), to_recorder.clone(), shutdown.clone());
             tokio::spawn(async move {
+                let mut claims_open = true;
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -92,6 +99,10 @@ impl Worker {
                                 this.start(&tracker, delivery, slot, &to_recorder)
                             }
                             None => break,
+                        },
+                        item = claimed_rx.recv(), if claims_open => match item {
+                            Some((delivery, slot)) => this.start(&tracker, delivery, slot, &to_recorder),
+                            None => claims_open = false,
                         },
                     }
                 }
@@ -153,29 +164,35 @@ impl Worker {
         if tokio::time::timeout(this.config.drain_timeout, tracker.wait()).await.is_err() {
             warn!("in-flight attempts did not finish in time; giving their leases back");
         }
+        // Finished attempts handed their results to the recorder: let it write them before
+        // the leases still held are given back (a result whose lease was released would not
+        // be recorded, and the delivery would be sent again).
+        drop(to_recorder);
+        if tokio::time::timeout(Duration::from_secs(5), recorder).await.is_err() {
+            warn!("attempts still being recorded at exit; their leases expire by themselves");
+        }
         match this.store.release_leases(this.token).await {
             Ok(0) => {}
             Ok(n) => info!(released = n, "released leases"),
             Err(e) => error!(error = %e, "releasing leases failed; they expire by themselves"),
         }
-        // Every finished attempt task waited for its commit; close the channel and let the
-        // recorder write what tasks cut short by the drain timeout may still send.
-        drop(to_recorder);
-        if tokio::time::timeout(Duration::from_secs(2), recorder).await.is_err() {
-            warn!("attempts still being recorded at exit; their leases expire by themselves");
-        }
         info!("delivery worker stopped");
     }
 
-    async fn claim(&self, batch: u32) -> crate::store::Result<Vec<ClaimedDelivery>> {
+    /// A claim of up to `batch` deliveries by this worker, now.
+    fn claim_request(&self, batch: u32) -> ClaimRequest {
         let now = Timestamp::now();
-        let request = ClaimRequest {
+        ClaimRequest {
             now,
             batch,
             per_webhook: self.config.per_webhook,
             lease_until: now.plus(self.config.lease),
             token: self.token,
-        };
+        }
+    }
+
+    async fn claim(&self, batch: u32) -> crate::store::Result<Vec<ClaimedDelivery>> {
+        let request = self.claim_request(batch);
         let claimed = self.store.claim_due(&request).await?;
         metrics::counter!("mosend_webhooks_deliveries_claimed_total").increment(claimed.len() as u64);
         if !claimed.is_empty() {
@@ -213,8 +230,7 @@ impl Worker {
                 this.give_back(&[delivery.id]).await;
                 return;
             }
-            this.deliver(delivery, exchange, &recorder).await;
-            drop(slot);
+            this.deliver(delivery, exchange, slot, &recorder).await;
         });
     }
 
@@ -223,6 +239,7 @@ impl Worker {
         &self,
         delivery: ClaimedDelivery,
         exchange: tokio::sync::OwnedSemaphorePermit,
+        slot: Slot,
         recorder: &mpsc::UnboundedSender<Recorded>,
     ) {
         let result = self.dispatcher.attempt(&delivery).await;
@@ -244,12 +261,10 @@ impl Worker {
             response_body: result.response_body,
             next,
         };
-        // Handed to the recorder, which commits attempts in groups; wait for the commit so
-        // the global slot is freed only once the result is durable (and the lease released).
-        let (done, committed) = oneshot::channel();
-        if recorder.send((record, done)).is_ok() {
-            let _ = committed.await;
-        }
+        // Handed to the recorder with the slot, which it frees only once the result is
+        // committed (and the lease released). Should the recorder be gone, dropping the pair
+        // frees the slot and leaves the lease to expire.
+        let _ = recorder.send((record, slot));
     }
 
     fn next_step(&self, delivery: &ClaimedDelivery, result: &AttemptResult) -> NextStep {
@@ -304,13 +319,18 @@ async fn purge_history(store: Arc<dyn Store>, retention: Duration, every: Durati
 /// Commits attempt results in groups: whatever arrived while the previous commit was being
 /// written goes into the next one, so under load one fsync covers many attempts. A group
 /// that cannot be written after a few tries is dropped: its leases expire and the
-/// deliveries are attempted again (at least once).
+/// deliveries are attempted again (at least once). The group's slots are freed once it is
+/// written. When deliveries left in the database are waiting for those slots, the same
+/// transaction also leases as many as the slots can take (a claim with no commit of its
+/// own), and they are started as the slots free.
 async fn record_in_groups(
-    store: Arc<dyn Store>,
-    policy: crate::store::DisablePolicy,
+    worker: Arc<Worker>,
+    gate: Arc<Gate>,
+    claimed_tx: mpsc::UnboundedSender<HandedOff>,
     mut rx: mpsc::UnboundedReceiver<Recorded>,
 ) {
     const GROUP: usize = 256;
+    let (store, policy) = (worker.store.clone(), worker.config.disable);
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < GROUP {
@@ -319,15 +339,58 @@ async fn record_in_groups(
                 Err(_) => break,
             }
         }
-        let (records, acks): (Vec<AttemptRecord>, Vec<oneshot::Sender<()>>) = group.into_iter().unzip();
-        if write(store.as_ref(), &records, &policy).await.is_err() && records.len() > 1 {
-            // One bad record must not sink the others: write them one by one.
-            for record in &records {
-                let _ = write(store.as_ref(), std::slice::from_ref(record), &policy).await;
+        let (records, slots): (Vec<AttemptRecord>, Vec<Slot>) = group.into_iter().unzip();
+        let webhooks: Vec<Uuid> = slots.iter().map(Slot::webhook_id).collect();
+        let claim = gate.wants_claim_after(&webhooks).then(|| {
+            let room = gate.free().saturating_add(slots.len()).min(worker.config.batch as usize);
+            worker.claim_request(u32::try_from(room).unwrap_or(u32::MAX))
+        });
+        let (recorded, claimed) = match &claim {
+            Some(request) => store.record_attempts_then_claim(&records, &policy, request).await,
+            None => (store.record_attempts(&records, &policy).await, Ok(Vec::new())),
+        };
+        match recorded {
+            Ok(disabled) => log_disabled(&records, disabled),
+            Err(e) => {
+                error!(error = %e, count = records.len(), "recording attempts failed");
+                if write(store.as_ref(), &records, &policy).await.is_err() && records.len() > 1 {
+                    // One bad record must not sink the others: write them one by one.
+                    for record in &records {
+                        let _ = write(store.as_ref(), std::slice::from_ref(record), &policy).await;
+                    }
+                }
             }
         }
-        for ack in acks {
-            let _ = ack.send(());
+        drop(slots);
+        match claimed {
+            Ok(claimed) if !claimed.is_empty() => {
+                metrics::counter!("mosend_webhooks_deliveries_claimed_total").increment(claimed.len() as u64);
+                metrics::counter!("mosend_webhooks_deliveries_claimed_with_results_total")
+                    .increment(claimed.len() as u64);
+                let mut refused = Vec::new();
+                for delivery in claimed {
+                    // Publishes may have taken some of the freed slots in the meantime.
+                    match gate.try_reserve(delivery.webhook.webhook_id) {
+                        Some(slot) => {
+                            if let Err(mpsc::error::SendError((delivery, _))) = claimed_tx.send((delivery, slot)) {
+                                refused.push(delivery.id);
+                            }
+                        }
+                        None => refused.push(delivery.id),
+                    }
+                }
+                worker.give_back(&refused).await;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "claiming with a group of results failed; the claim loop takes over"),
+        }
+    }
+}
+
+fn log_disabled(records: &[AttemptRecord], disabled: Vec<Option<String>>) {
+    for (record, reason) in records.iter().zip(disabled) {
+        if let Some(reason) = reason {
+            warn!(webhook_id = %record.webhook_id, reason = %reason, "webhook disabled");
         }
     }
 }
@@ -338,11 +401,7 @@ async fn write(store: &dyn Store, records: &[AttemptRecord], policy: &crate::sto
     for attempt in 1..=3 {
         match store.record_attempts(records, policy).await {
             Ok(disabled) => {
-                for (record, reason) in records.iter().zip(disabled) {
-                    if let Some(reason) = reason {
-                        warn!(webhook_id = %record.webhook_id, reason = %reason, "webhook disabled");
-                    }
-                }
+                log_disabled(records, disabled);
                 return Ok(());
             }
             Err(e) => {

@@ -97,6 +97,14 @@ impl Gate {
         Some(Slot { gate: self.clone(), webhook_id, exchanges })
     }
 
+    /// Whether results of these webhooks, once written, free slots that deliveries left in
+    /// the database are waiting for (the webhooks overflowed, or every global slot was taken
+    /// when they were left): then the recorder claims in the same transaction.
+    pub fn wants_claim_after(&self, webhooks: &[Uuid]) -> bool {
+        let s = self.lock();
+        s.open && (s.full || webhooks.iter().any(|w| s.overflowed.contains(w)))
+    }
+
     /// Global slots free now.
     pub fn free(&self) -> usize {
         self.lock().free

@@ -342,6 +342,23 @@ pub trait Store: Send + Sync + 'static {
     /// webhooks (410, or the failure policy). Returns, per record, the reason when it
     /// disabled the webhook.
     async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>>;
+    /// Records attempts, then leases up to `claim.batch` due deliveries. A backend that can
+    /// write both in one transaction does (one commit for both, the results first so that the
+    /// claim counts the leases they end); the others write them one after the other. The claim
+    /// is not made if the records could not be written.
+    async fn record_attempts_then_claim(
+        &self,
+        records: &[AttemptRecord],
+        policy: &DisablePolicy,
+        claim: &ClaimRequest,
+    ) -> (Result<Vec<Option<String>>>, Result<Vec<ClaimedDelivery>>) {
+        let recorded = self.record_attempts(records, policy).await;
+        let claimed = match recorded {
+            Ok(_) => self.claim_due(claim).await,
+            Err(_) => Ok(Vec::new()),
+        };
+        (recorded, claimed)
+    }
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
     /// Gives back the leases `token` holds on these deliveries (claimed, but not to be sent

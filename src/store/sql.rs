@@ -909,6 +909,23 @@ macro_rules! shared_store {
                 ClaimedRow::assemble(rows, &events, &webhooks, r.lease_until)
             }
 
+            async fn record_attempts_then_claim(
+                &self,
+                records: &[AttemptRecord],
+                policy: &DisablePolicy,
+                claim: &ClaimRequest,
+            ) -> (Result<Vec<Option<String>>>, Result<Vec<ClaimedDelivery>>) {
+                if let Some(writer) = self.group_writer() {
+                    return writer.record_then_claim(records.to_vec(), *policy, *claim).await;
+                }
+                let recorded = self.record_attempts(records, policy).await;
+                let claimed = match recorded {
+                    Ok(_) => self.claim_due(claim).await,
+                    Err(_) => Ok(Vec::new()),
+                };
+                (recorded, claimed)
+            }
+
             async fn record_attempts(&self, records: &[AttemptRecord], policy: &DisablePolicy) -> Result<Vec<Option<String>>> {
                 if let Some(writer) = self.group_writer() {
                     return writer.record(records.to_vec(), *policy).await;

@@ -58,6 +58,27 @@ impl GroupWriter {
         self.run(|reply| Job::Record { records, policy, reply }).await
     }
 
+    /// Records, then claims: both jobs are queued together, so they are written in the same
+    /// round unless the thread took the first alone (then in the next one).
+    pub(super) async fn record_then_claim(
+        &self,
+        records: Vec<AttemptRecord>,
+        policy: DisablePolicy,
+        request: ClaimRequest,
+    ) -> (Result<Vec<Option<String>>>, Result<Vec<ClaimedDelivery>>) {
+        let (record_reply, recorded) = oneshot::channel();
+        let (claim_reply, claimed) = oneshot::channel();
+        let stopped = || StoreError::RoundFailed("the writing thread has stopped".into());
+        if self.tx.send(Job::Record { records, policy, reply: record_reply }).is_err() {
+            return (Err(stopped()), Ok(Vec::new()));
+        }
+        let _ = self.tx.send(Job::Claim { request, reply: claim_reply });
+        let unanswered = || StoreError::RoundFailed("not written: its round failed (see the log)".into());
+        let recorded = recorded.await.unwrap_or_else(|_| Err(unanswered()));
+        let claimed = claimed.await.unwrap_or_else(|_| Err(unanswered()));
+        (recorded, claimed)
+    }
+
     pub(super) async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
         self.run(|reply| Job::Claim { request, reply }).await
     }
