@@ -93,7 +93,9 @@ impl tower::Service<Name> for GuardedResolver {
             }
             if allowed.is_empty() {
                 let why = refused.unwrap_or_else(|| "no address".into());
-                return Err(Box::new(Blocked(format!("{host} resolves to {why}"))) as BoxError);
+                return Err(
+                    Box::new(Blocked(format!("{host} resolves only to forbidden addresses: {why}"))) as BoxError
+                );
             }
             Ok(allowed.into_iter())
         })
@@ -169,14 +171,16 @@ pub fn describe_error(e: &(dyn StdError + 'static), connecting: bool) -> (ErrorK
     let mut parts = Vec::new();
     let mut kind = None;
     while let Some(err) = source {
+        // Our own verdicts say everything: the client's wrappers around them ("client error
+        // (Connect)", "dns error") would only blur them.
         if let Some(b) = err.downcast_ref::<Blocked>() {
-            kind.get_or_insert(ErrorKind::Blocked);
-            parts.push(b.to_string());
-            break;
+            return (ErrorKind::Blocked, b.to_string());
         }
         if let Some(d) = err.downcast_ref::<DnsFailure>() {
-            kind.get_or_insert(ErrorKind::Dns);
-            parts.push(d.to_string());
+            return (ErrorKind::Dns, d.to_string());
+        }
+        if let Some(tls) = rustls_error(err) {
+            parts.push(describe_tls(tls));
             break;
         }
         let timed_out =
@@ -194,6 +198,34 @@ pub fn describe_error(e: &(dyn StdError + 'static), connecting: bool) -> (ErrorK
     let kind = kind.unwrap_or(if connecting { ErrorKind::Connect } else { ErrorKind::Protocol });
     (kind, parts.join(": "))
 }
+/// The rustls error behind `err`: the TLS layer wraps it in `io::Error`s (two deep), whose
+/// `source()` skips what they wrap.
+fn rustls_error<'a>(mut err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        err = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+}
+
+/// A TLS failure in words a receiver's owner can act on, with rustls's own name for it.
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let what = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "the receiver's TLS certificate is not signed by a trusted authority (self-signed?)",
+            C::Expired => "the receiver's TLS certificate has expired",
+            C::NotValidYet => "the receiver's TLS certificate is not valid yet",
+            C::NotValidForName => "the receiver's TLS certificate is not valid for this host name",
+            C::Revoked => "the receiver's TLS certificate is revoked",
+            _ => "the receiver's TLS certificate was refused",
+        },
+        _ => "the TLS handshake with the receiver failed",
+    };
+    format!("{what} ({e})")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     Blocked,
@@ -201,4 +233,51 @@ pub enum ErrorKind {
     Timeout,
     Connect,
     Protocol,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outer error like the client's, carrying `inner` as its source.
+    #[derive(Debug)]
+    struct Wrapper(&'static str, Box<dyn StdError + Send + Sync>);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Wrapper {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(self.1.as_ref())
+        }
+    }
+
+    #[test]
+    fn our_own_verdicts_are_reported_without_the_client_wrappers() {
+        let blocked = Wrapper(
+            "client error (Connect)",
+            Box::new(Wrapper("dns error", Box::new(Blocked("h resolves only to forbidden addresses: x".into())))),
+        );
+        assert_eq!(
+            describe_error(&blocked, true),
+            (ErrorKind::Blocked, "blocked: h resolves only to forbidden addresses: x".to_string())
+        );
+        let dns = Wrapper("client error (Connect)", Box::new(DnsFailure("h: no such host".into())));
+        assert_eq!(describe_error(&dns, true), (ErrorKind::Dns, "dns: h: no such host".to_string()));
+    }
+
+    #[test]
+    fn a_refused_certificate_is_described_in_words() {
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // As the TLS layer reports it: inside two `io::Error`s.
+        let io = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, refused));
+        let tls = Wrapper("client error (Connect)", Box::new(io));
+        let (kind, message) = describe_error(&tls, true);
+        assert_eq!(kind, ErrorKind::Connect);
+        assert!(message.contains("not signed by a trusted authority"), "{message}");
+        assert!(message.contains("UnknownIssuer"), "rustls's own name is kept: {message}");
+    }
 }
