@@ -351,14 +351,7 @@ pub trait Store: Send + Sync + 'static {
         records: &[AttemptRecord],
         policy: &DisablePolicy,
         claim: &ClaimRequest,
-    ) -> (Result<Vec<Option<String>>>, Result<Vec<ClaimedDelivery>>) {
-        let recorded = self.record_attempts(records, policy).await;
-        let claimed = match recorded {
-            Ok(_) => self.claim_due(claim).await,
-            Err(_) => Ok(Vec::new()),
-        };
-        (recorded, claimed)
-    }
+    ) -> (Result<Vec<Option<String>>>, Result<Vec<ClaimedDelivery>>);
     /// Gives back every lease held by `token` (on shutdown).
     async fn release_leases(&self, token: Uuid) -> Result<u64>;
     /// Gives back the leases `token` holds on these deliveries (claimed, but not to be sent
