@@ -1,4 +1,4 @@
-//! Both signature schemes of SPEC §4, as pure functions over the exact bytes sent.
+//! Both signature schemes of SPEC §4, over the exact bytes sent.
 //!
 //! - Mosend's published scheme, `X-MoSend-Signature`: lowercase hex HMAC-SHA256 of the raw
 //!   body, keyed with the whole secret string (`whsec_…`) as UTF-8.
@@ -59,14 +59,8 @@ impl Signer {
     }
 }
 
-/// `X-MoSend-Signature` value.
-pub fn mosend_signature(secret: &WebhookSecret, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes()).expect("HMAC accepts keys of any length");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// One `v1,<base64>` Standard Webhooks signature.
+/// One `v1,<base64>` Standard Webhooks signature with the raw key bytes, in one go (what a
+/// receiver computes to verify).
 pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
     mac.update(msg_id.as_bytes());
@@ -75,11 +69,6 @@ pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8])
     mac.update(b".");
     mac.update(body);
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-/// The `webhook-signature` header: one `v1,` entry per active secret, space-separated.
-pub fn standard_signature_header(secrets: &[&WebhookSecret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    secrets.iter().map(|s| standard_signature(&s.key_bytes(), msg_id, timestamp, body)).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -100,33 +89,35 @@ mod tests {
     fn mosend_signature_is_hex_hmac_keyed_with_the_whole_secret() {
         // Fixed vector computed independently: `printf '{"a":1}' | openssl dgst -sha256 -hmac 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'`.
         let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sig = mosend_signature(&secret, br#"{"a":1}"#);
+        let sig = Signer::new(&secret, None).mosend(br#"{"a":1}"#);
         assert_eq!(sig.len(), 64);
         assert_eq!(sig, MOSEND_VECTOR);
     }
 
     #[test]
-    fn the_signer_signs_like_the_functions() {
-        let (a, b) = (WebhookSecret::generate(), WebhookSecret::generate());
-        let body = br#"{"type":"email.sent"}"#;
-        let one = Signer::new(&a, None);
-        assert_eq!(one.mosend(body), mosend_signature(&a, body));
-        assert_eq!(one.standard("m", 7, body), standard_signature_header(&[&a], "m", 7, body));
-        let two = Signer::new(&a, Some(&b));
-        assert_eq!(two.mosend(body), mosend_signature(&a, body));
-        assert_eq!(two.standard("m", 7, body), standard_signature_header(&[&a, &b], "m", 7, body));
-        // The same signer signs a second message as if fresh.
-        assert_eq!(two.standard("n", 8, b"{}"), standard_signature_header(&[&a, &b], "n", 8, b"{}"));
+    fn the_signer_matches_the_standard_webhooks_vector_for_every_message() {
+        let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let signer = Signer::new(&secret, None);
+        let (id, ts, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, br#"{"test": 2432232314}"#);
+        assert_eq!(signer.standard(id, ts, body), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        // The keyed state is cloned per message, never consumed: the next message signs afresh.
+        assert_eq!(signer.standard("other", 1, b"{}"), standard_signature(&secret.key_bytes(), "other", 1, b"{}"));
+        assert_eq!(signer.standard(id, ts, body), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 
     const MOSEND_VECTOR: &str = "45ec03b2b33403c8043a90de06bedad0827183927115fd7e448ef97eeb13c5be";
 
     #[test]
-    fn several_secrets_give_space_separated_signatures() {
-        let a = WebhookSecret::generate();
-        let b = WebhookSecret::generate();
-        let h = standard_signature_header(&[&a, &b], "m", 1, b"{}");
-        assert_eq!(h.split(' ').count(), 2);
-        assert!(h.split(' ').all(|p| p.starts_with("v1,")));
+    fn during_a_rotation_both_secrets_sign_space_separated_the_current_first() {
+        let (a, b) = (WebhookSecret::generate(), WebhookSecret::generate());
+        let signer = Signer::new(&a, Some(&b));
+        let header = signer.standard("m", 1, b"{}");
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(
+            parts,
+            [standard_signature(&a.key_bytes(), "m", 1, b"{}"), standard_signature(&b.key_bytes(), "m", 1, b"{}")]
+        );
+        // X-MoSend-Signature stays with the current secret alone.
+        assert_eq!(signer.mosend(b"{}"), Signer::new(&a, None).mosend(b"{}"));
     }
 }
